@@ -1,0 +1,54 @@
+"""Choosing among evaluated candidates: the paper's α rule, Pareto fronts and their hypervolume."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def choose_alpha(path: Sequence[Mapping[str, float]], *, at_rob_acc: float, tolerance: float = 0.1) -> Mapping[str, float] | None:
+    """Pick α by the paper's rule: the largest standard accuracy among the points whose robust accuracy
+    stays ≥ at_rob_acc − tolerance (percentage points).
+
+    `path` holds rows with keys "alpha", "std_acc", "rob_acc" (validation figures). Ties in std_acc go to the
+    higher rob_acc, then to the smaller α (the point closer to the AT model). Returns None when no point
+    qualifies: then the AT model is kept.
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 percentage points; got {tolerance}")
+    qualifying = [row for row in path if row["rob_acc"] >= at_rob_acc - tolerance]
+    if not qualifying:
+        return None
+    return max(qualifying, key=lambda row: (row["std_acc"], row["rob_acc"], -row["alpha"]))
+
+
+def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of `points` [N, k], every objective maximised.
+
+    A row is dominated when another is ≥ in every objective and > in at least one. Exact duplicates
+    do not dominate each other, so both stay on the front.
+    """
+    pts = np.asarray(points, dtype=float)
+    if pts.ndim != 2:
+        raise ValueError(f"points must be a 2-D array [N, objectives]; got shape {pts.shape}")
+    ge = (pts[:, None, :] >= pts[None, :, :]).all(axis=2)  # ge[j, i]: j is >= i everywhere
+    gt = (pts[:, None, :] > pts[None, :, :]).any(axis=2)
+    dominated = (ge & gt).any(axis=0)
+    return ~dominated
+
+
+def hypervolume_2d(points: Sequence[Sequence[float]] | np.ndarray, reference: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Area dominated by 2-D points (both maximised) and bounded below by `reference`."""
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    pts = pts[(pts[:, 0] > reference[0]) & (pts[:, 1] > reference[1])]
+    if len(pts) == 0:
+        return 0.0
+    front = pts[pareto_mask(pts)]
+    front = front[np.argsort(-front[:, 0])]  # x descending, so y ascends along the front
+    area, prev_y = 0.0, reference[1]
+    for x, y in front:
+        if y > prev_y:
+            area += (x - reference[0]) * (y - prev_y)
+            prev_y = y
+    return float(area)
