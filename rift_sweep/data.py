@@ -347,6 +347,15 @@ def _write_cache(cache: Path, split: Split) -> None:
         partial.unlink(missing_ok=True)
 
 
+def tiny_imagenet_wnids(root: str | Path | None = None) -> list[str]:
+    """The wnids in label order (tiny-imagenet-200/wnids.txt): how Tiny-ImageNet-C's class folders map to labels."""
+    path = Path(root if root is not None else DATASETS["tiny-imagenet"].default_root).expanduser()
+    path = path / "tiny-imagenet-200" / "wnids.txt"
+    if not path.is_file():
+        raise _not_found("tiny-imagenet", [path], "Load the dataset first (download=True fetches it).")
+    return path.read_text().split()
+
+
 def _load_tiny_imagenet(name: str, root: Path, train: bool, download: bool) -> Split:
     base = root / "tiny-imagenet-200"
     index = base / ("train" if train else "val/val_annotations.txt")

@@ -17,7 +17,7 @@ from torch import nn
 from rift_sweep.attacks import AdversarialSet, attack_split
 from rift_sweep.config import SweepConfig
 from rift_sweep.corruptions import OODSet, load_ood
-from rift_sweep.data import DatasetInfo, DataSplits, Split, dataset_info, load_splits
+from rift_sweep.data import DatasetInfo, DataSplits, Split, dataset_info, load_splits, tiny_imagenet_wnids
 from rift_sweep.evaluate import evaluate
 from rift_sweep.mrc import candidate_modules
 from rift_sweep.models import build_model, file_sha256, load_weights, read_checkpoint_meta
@@ -76,9 +76,10 @@ class Experiment:
             return None
         info = self.splits.info
         split = getattr(self.splits, split_name)
+        wnids = tiny_imagenet_wnids(self.config.data.root) if info.name == "tiny-imagenet" else None
         full = load_ood(split, dataset=info.name, root=ood.root, cache_dir=self.cache_dir / "ood",
                         seed=self.config.seed, corruptions=ood.corruptions, severities=ood.severities,
-                        use_real=split_name == "test", progress=True)
+                        use_real=split_name == "test", wnids=wnids, progress=True)
         return full.subset(ood.per_corruption, seed=self.config.seed)
 
     def evaluate(self, state: StateDict, split_name: str = "val", *, runs: int = 1) -> dict[str, float]:

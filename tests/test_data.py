@@ -500,3 +500,14 @@ def test_iterate_batches_on_gpu_matches_cpu():
     for (xc, yc), (xg, yg) in zip(cpu, gpu):
         assert xg.device.type == "cuda" and yg.device.type == "cuda"
         assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+
+
+def test_tiny_imagenet_wnids_in_label_order(tmp_path):
+    from rift_sweep.data import tiny_imagenet_wnids
+
+    base = tmp_path / "tiny-imagenet-200"
+    base.mkdir()
+    (base / "wnids.txt").write_text("n02\nn01\nn03\n")
+    assert tiny_imagenet_wnids(tmp_path) == ["n02", "n01", "n03"]
+    with pytest.raises(FileNotFoundError, match="wnids.txt"):
+        tiny_imagenet_wnids(tmp_path / "missing")
