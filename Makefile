@@ -15,11 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# A whole sweep (stage 1 + Tune/Optuna + front) into a fresh folder; earlier demo runs are kept.
 demo: setup
-	$(VENV)/bin/rift-sweep rift --config $(CONFIG)
+	$(VENV)/bin/rift-sweep sweep --config $(CONFIG) --output runs/demo-$$(date +%Y%m%d-%H%M%S)
 
+# One torch thread per process: Ray workers and pytest share 2 cores, and oversubscribed threads run ~9x slower.
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 bench: setup
 	$(PY) bench/pgd.py

@@ -35,7 +35,9 @@ def pareto_chart(points: Sequence[tuple[float, float]], on_front: Sequence[bool]
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color="tab:gray", alpha=0.6, label="trials")
     front = sorted(p for p, keep in zip(points, on_front) if keep)
     if front:
-        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", label="Pareto front")
+        # A staircase: between two front points only the lower one's robustness is attained.
+        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", drawstyle="steps-pre", color="tab:red",
+                label="Pareto front")
     if at_point is not None:
         ax.scatter([at_point[0]], [at_point[1]], marker="*", s=180, color="black", label="AT model", zorder=3)
     ax.set_xlabel("standard accuracy (%)")

@@ -28,41 +28,43 @@ UI_FILTER = f"tags.{PARETO_TAG} = 'true'"
 
 
 @ray.remote
-def _evaluate_task(config: SweepConfig, specs: list[dict | None], split: str, runs: int) -> list[dict]:
+def _evaluate_task(config: SweepConfig, spec: dict | None, split: str, runs: int) -> dict:
     """Metrics of θ_AT (spec None) or of a cached fine-tune interpolated at the spec's α."""
     exp = load_experiment(config)
-    results = []
-    for spec in specs:
-        state = exp.at_state
-        if spec is not None:
-            cached = load_cached_finetune(config, spec["finetune_key"])
-            if cached is None:
-                raise FileNotFoundError(f"the fine-tune {spec['finetune_key']} is not in the cache "
-                                        f"{config.output_path / 'cache'}; was the output folder moved or cleaned?")
-            state = interpolate_state(exp.at_state, cached["best_state"], spec["alpha"])
-        results.append(exp.evaluate(state, split, runs=runs))
-    return results
+    state = exp.at_state
+    if spec is not None:
+        cached = load_cached_finetune(config, spec["finetune_key"])
+        if cached is None:
+            raise FileNotFoundError(f"the fine-tune {spec['finetune_key']} is not in the cache "
+                                    f"{config.output_path / 'cache'}; was the output folder moved or cleaned?")
+        state = interpolate_state(exp.at_state, cached["best_state"], spec["alpha"])
+    return exp.evaluate(state, split, runs=runs)
 
 
 def evaluate_remote(config: SweepConfig, specs: list[dict | None], split: str) -> list[dict]:
-    """Evaluate on a worker with the trials' resources (a GPU where there is one)."""
-    if not specs:
-        return []
+    """Evaluate each model in its own task, with the trials' resources (a GPU each where there are GPUs)."""
     shape = worker_shape()
     runs = config.attack.test_runs if split == "test" else 1
     task = _evaluate_task.options(num_cpus=shape.num_cpus, num_gpus=shape.num_gpus)
-    return ray.get(task.remote(config, specs, split, runs))
+    return ray.get([task.remote(config, spec, split, runs) for spec in specs])
+
+
+def logged_at_metrics(tracker: SweepTracker, split: str) -> dict[str, float] | None:
+    """The AT model's metrics on a split as kept on the parent run, or None before they are computed."""
+    prefix = f"at_{split}_"
+    logged = tracker.client.get_run(tracker.parent_run_id).data.metrics
+    found = {k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)}
+    return found if "std_acc" in found else None
+
+
+def log_at_metrics(tracker: SweepTracker, split: str, metrics: dict[str, float]) -> dict[str, float]:
+    tracker.log_metrics(tracker.parent_run_id, {f"at_{split}_{k}": v for k, v in metrics.items()})
+    return metrics
 
 
 def at_metrics(tracker: SweepTracker, split: str) -> dict[str, float]:
     """The AT model's metrics on a split, computed once and kept on the parent run."""
-    prefix = f"at_{split}_"
-    logged = tracker.client.get_run(tracker.parent_run_id).data.metrics
-    if f"{prefix}std_acc" in logged:
-        return {k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)}
-    metrics = evaluate_remote(tracker.config, [None], split)[0]
-    tracker.log_metrics(tracker.parent_run_id, {prefix + k: v for k, v in metrics.items()})
-    return metrics
+    return logged_at_metrics(tracker, split) or log_at_metrics(tracker, split, evaluate_remote(tracker.config, [None], split)[0])
 
 
 @dataclasses.dataclass
@@ -103,11 +105,14 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
         trial["on_front"] = bool(on_front)
         tracker.client.set_tag(trial["run_id"], PARETO_TAG, "true" if on_front else "false")
     untested = [t for t in trials if t["on_front"] and "test_std_acc" not in t]
-    for trial, metrics in zip(untested, evaluate_remote(config, untested, "test")):
+    at_test = logged_at_metrics(tracker, "test")
+    results = evaluate_remote(config, untested + ([None] if at_test is None else []), "test")  # in parallel
+    for trial, metrics in zip(untested, results):
         tested = {f"test_{k}": v for k, v in metrics.items()}
         tracker.log_metrics(trial["run_id"], tested)
         trial.update(tested)
-    report = FrontReport(trials, at_metrics(tracker, "val"), at_metrics(tracker, "test"), objectives,
+    at_test = at_test or log_at_metrics(tracker, "test", results[-1])
+    report = FrontReport(trials, at_metrics(tracker, "val"), at_test, objectives,
                          tracker.client.get_run(tracker.parent_run_id).info.artifact_uri, tracker.ui_hint())
     _log_front_artifacts(config, tracker, report)
     tracker.client.set_tag(tracker.parent_run_id, "rift.front_size", str(len(report.front)))

@@ -215,6 +215,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, workers: int | None 
     _check_resume(path, resume)
     # Interim per-epoch reports carry trial checkpoints, not the objectives: only the final report has them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Each epoch checkpoint forces an experiment snapshot (what a resume needs); Tune warns about every one.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tracker = tracker or SweepTracker(config)
     stage = run_mrc_stage(config, workers=workers, progress=progress)
     modules = choose_modules([r["module"] for r in stage.rows], config.modules)

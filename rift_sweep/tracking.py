@@ -73,7 +73,8 @@ class SweepTracker:
 
     def ui_hint(self) -> str:
         if self.uri.startswith("sqlite:///"):
-            return f"mlflow ui --backend-store-uri {self.uri}   (or: rift-sweep ui --config {self.config.source})"
+            return (f"rift-sweep ui --sweep {self.config.name} --output {self.config.output_path}"
+                    f"   (or: mlflow ui --backend-store-uri {self.uri})")
         return f"open {self.uri} in a browser"
 
     def log_mrc(self, rows: list[dict], chosen: list[str], table_path: Path) -> None:
