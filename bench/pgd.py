@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 import torchattacks
-from torch import nn
 
 from rift_sweep.attacks import PGD
 from rift_sweep.models import build_model

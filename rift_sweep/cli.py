@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="the Pareto front of a sweep: table, test metrics, where to look")
     _add_sweep_ref(report)
-    _add_ray(report)
+    report.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     report.set_defaults(handler=cmd_report)
 
     ui = commands.add_parser("ui", help="serve the MLflow UI on a sweep's store (127.0.0.1 by default)")

@@ -24,7 +24,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-import torch
 from ray.exceptions import ActorUnavailableError, RayActorError
 from tqdm.auto import tqdm
 

@@ -15,7 +15,6 @@ from contextlib import closing
 
 import pytest
 import ray
-from mlflow.tracking import MlflowClient
 
 from conftest import write_digits_config
 from rift_sweep import cli
