@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="the Pareto front of a sweep: table, test metrics, where to look")
     _add_sweep_ref(report)
-    report.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    _add_address(report)
     report.set_defaults(handler=cmd_report)
 
     ui = commands.add_parser("ui", help="serve the MLflow UI on a sweep's store (127.0.0.1 by default)")
@@ -73,6 +73,10 @@ def _add_sweep_ref(parser: argparse.ArgumentParser) -> None:
 
 def _add_ray(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="MRC actors (default: one per GPU, else one per CPU slot)")
+    _add_address(parser)
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
 
