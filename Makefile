@@ -4,14 +4,21 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 CONFIG ?= search_spaces/demo.yaml
 
-.PHONY: setup demo test bench clean-runs
+.PHONY: setup setup-test demo test bench
 
 setup: $(VENV)/.installed
-	@bash scripts/setup_system.sh
+	@bash scripts/setup_system.sh demo
+
+setup-test: $(VENV)/.installed-test
+	@bash scripts/setup_system.sh test
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
@@ -20,9 +27,8 @@ demo: setup
 	$(VENV)/bin/rift-sweep sweep --config $(CONFIG) --output runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 # One torch thread per process: Ray workers and pytest share 2 cores, and oversubscribed threads run ~9x slower.
-test: setup
+test: setup-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-bench: setup
-	$(PY) bench/pgd.py
-	$(PY) bench/mrc.py
+bench: setup-test
+	for b in pgd mrc mrc_scaling sweep; do $(PY) bench/$$b.py || exit 1; done
