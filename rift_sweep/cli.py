@@ -73,6 +73,7 @@ def _add_sweep_ref(parser: argparse.ArgumentParser) -> None:
 
 def _add_ray(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="MRC actors (default: one per GPU, else one per CPU slot)")
+    parser.add_argument("--gpus", type=int, help="ask the cluster's autoscaler for N GPUs and wait for them first")
     _add_address(parser)
 
 
@@ -138,14 +139,15 @@ def cmd_rift(args: argparse.Namespace) -> int:
 def cmd_mrc(args: argparse.Namespace) -> int:
     from rift_sweep.experiment import check_module_choice
     from rift_sweep.mrc_pool import run_mrc_stage
-    from rift_sweep.resources import init_ray
+    from rift_sweep.resources import gpus_requested, init_ray
     from rift_sweep.rift import choose_modules, format_mrc_table
     from rift_sweep.tracking import SweepTracker
 
     config = config_from_args(args)
     check_module_choice(config)
     init_ray(args.address)
-    stage = run_mrc_stage(config, workers=args.workers)
+    with gpus_requested(args.gpus):
+        stage = run_mrc_stage(config, workers=args.workers)
     chosen = choose_modules([r["module"] for r in stage.rows], config.modules)
     tracker = SweepTracker(config)
     tracker.log_mrc(stage.rows, chosen, stage.table_path)
@@ -159,7 +161,7 @@ def cmd_mrc(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rift_sweep.experiment import check_module_choice
     from rift_sweep.report import describe_where, format_front, publish_front
-    from rift_sweep.resources import init_ray
+    from rift_sweep.resources import gpus_requested, init_ray
     from rift_sweep.sweep import run_sweep
     from rift_sweep.tracking import SweepTracker
 
@@ -174,13 +176,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tracker = SweepTracker(config)
     save_resolved_config(config)
     tracker.client.update_run(tracker.parent_run_id, "RUNNING")
-    outcome = run_sweep(config, resume=args.resume, workers=args.workers, tracker=tracker)
-    if not outcome.complete:
+    with gpus_requested(args.gpus):
+        outcome = run_sweep(config, resume=args.resume, workers=args.workers, tracker=tracker)
+        report = publish_front(config, tracker) if outcome.complete else None
+    if report is None:
         tracker.finish_parent("KILLED")
         print(f"sweep stopped with {outcome.finished} of {outcome.expected} trials finished; carry on with:\n"
               f"  rift-sweep sweep --config {args.config} --resume" + (f" --output {args.output}" if args.output else ""))
         return 3
-    report = publish_front(config, tracker)
     tracker.finish_parent("FINISHED")
     print(format_front(report))
     print(f"\n{outcome.finished} trials in {outcome.seconds:.0f} s; fine-tuned module(s): {', '.join(outcome.modules)}")
@@ -202,7 +205,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
+    import os
 
     from rift_sweep.report import UI_FILTER
     from rift_sweep.tracking import SweepTracker
@@ -213,12 +216,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
     if tracker.uri.startswith("sqlite:///"):
         command += ["--default-artifact-root", (config.output_path / "mlartifacts").as_uri()]
-    print(f"MLflow UI: http://{args.host}:{args.port}/#/experiments/{tracker.experiment_id}")
-    print(f"  the sweep's runs: parent run {tracker.parent_run_id}; Pareto trials: filter {UI_FILTER}")
-    try:
-        return subprocess.run(command, check=False).returncode
-    except KeyboardInterrupt:
-        return 0
+    runs = f"http://{args.host}:{args.port}/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    print(f"MLflow UI: {runs}", flush=True)
+    print(f"  the sweep's runs: parent run {tracker.parent_run_id}; Pareto trials: filter {UI_FILTER}", flush=True)
+    # The server replaces this process, so Ctrl-C and SIGTERM reach it directly. Its GenAI job runner is off:
+    # the UI needs none of it, and it would start extra processes.
+    os.execve(sys.executable, command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
 
 RESOLVED_CONFIG = "sweep_config.yaml"

@@ -173,12 +173,12 @@ class SweepConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = 256
-    output_dir: str | None = None  # None: runs/<name>
+    output_dir: str | None = None  # None: runs/<name>; made absolute at load (Tune runs trials in other folders)
     source: str | None = None  # the YAML file this came from (filled in by load_config)
 
     @property
     def output_path(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}").expanduser().resolve()
+        return Path(self.output_dir)
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> SweepConfig:
@@ -270,6 +270,7 @@ def _resolve_paths(config: SweepConfig, folder: Path) -> SweepConfig:
 
     return dataclasses.replace(
         config,
+        output_dir=str(Path(config.output_dir or f"runs/{config.name}").expanduser().resolve()),
         data=dataclasses.replace(config.data, root=resolve(config.data.root)),
         model=dataclasses.replace(config.model, checkpoint=resolve(config.model.checkpoint)),
         ood=dataclasses.replace(config.ood, root=resolve(config.ood.root)),

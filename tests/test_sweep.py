@@ -120,7 +120,8 @@ def test_cached_finetunes_are_reused_over_a_real_mlflow_server(tmp_path, digits_
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         uri = f"http://127.0.0.1:{port}"
         _wait_for(lambda: urllib.request.urlopen(f"{uri}/health").status == 200, timeout=90)
