@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
@@ -40,6 +43,32 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     log.info("Ray resources: %s", ray.cluster_resources())
+
+
+@contextmanager
+def gpus_requested(count: int | None, *, timeout_s: float = 1800.0, poll_s: float = 5.0) -> Iterator[None]:
+    """Ask the autoscaler for `count` GPUs and wait until the cluster has them; release the request on exit.
+
+    Worker shapes are decided from the GPUs that are up, so on a cluster whose GPU nodes scale from zero the
+    GPUs must be there first. None or 0: no request.
+    """
+    if not count:
+        yield
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"GPU": 1}] * count)
+    try:
+        deadline, have = time.monotonic() + timeout_s, 0
+        while (have := int(ray.cluster_resources().get("GPU", 0))) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"asked the autoscaler for {count} GPU(s), but after {timeout_s:.0f} s the cluster "
+                                   f"has {have}; check `ray status` and the GPU node type's max_workers")
+            log.info("waiting for GPUs: %d of %d up", have, count)
+            time.sleep(poll_s)
+        yield
+    finally:
+        request_resources(bundles=[])  # let idle GPU nodes go
 
 
 def worker_shape(workers: int | None = None, *, gpus_per_worker: float | None = None) -> WorkerShape:

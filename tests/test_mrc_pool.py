@@ -12,7 +12,7 @@ from ray.cluster_utils import Cluster
 
 from rift_sweep.experiment import load_experiment
 from rift_sweep.mrc_pool import read_table, run_mrc_stage, write_table
-from rift_sweep.resources import worker_shape
+from rift_sweep.resources import gpus_requested, worker_shape
 from rift_sweep.rift import score_modules
 
 SLOW_MRC = {"mrc": {"epochs": 10, "batch_size": 16, "variant": "reference"}}  # seconds per module: time to kill
@@ -123,3 +123,11 @@ def test_one_actor_per_gpu_and_a_node_leaving_mid_stage(gpu_cluster, digits_conf
     assert {r["module"] for r in stage.rows} == {"conv1", "conv2", "conv3", "fc1", "fc2"}
     assert len({r["node"] for r in stage.rows}) == 2  # both GPU nodes worked, one actor each
     assert stage.retries >= 1
+
+
+def test_a_gpu_request_waits_for_the_gpus_and_fails_clearly_when_they_never_come(gpu_cluster):
+    with gpus_requested(2, timeout_s=10, poll_s=0.1):
+        assert worker_shape().count == 2
+    with pytest.raises(RuntimeError, match="asked the autoscaler for 3 GPU"):
+        with gpus_requested(3, timeout_s=1, poll_s=0.1):
+            pass
