@@ -18,7 +18,8 @@ from ray.tune import Callback
 from rift_sweep.config import SweepConfig
 from rift_sweep.plots import mrc_bar_chart
 
-SWEEP_TAG = "rift_sweep.sweep"  # marks a sweep's parent run
+SWEEP_TAG = "rift_sweep.sweep"  # marks a sweep's parent run: its name ...
+OUTPUT_TAG = "rift_sweep.output"  # ... and its output folder (two sweeps may share a name on one server)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 
 
@@ -53,11 +54,12 @@ class SweepTracker:
         return self.client.create_experiment(name, artifact_location=artifacts)
 
     def _parent_run_id(self) -> str:
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{self.config.name}'",
-                                       max_results=1, order_by=["attributes.start_time ASC"])
+        tags = {SWEEP_TAG: self.config.name, OUTPUT_TAG: str(self.config.output_path)}
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], query, max_results=1, order_by=["attributes.start_time ASC"])
         if runs:
             return runs[0].info.run_id
-        run = self.client.create_run(self.experiment_id, run_name=self.config.name, tags={SWEEP_TAG: self.config.name})
+        run = self.client.create_run(self.experiment_id, run_name=self.config.name, tags=tags)
         self._log_config(run.info.run_id)
         return run.info.run_id
 
@@ -66,8 +68,7 @@ class SweepTracker:
         params = {"dataset": config.data.dataset, "model": config.model.name, "checkpoint": config.model.checkpoint,
                   "attack.eps": config.attack.eps, "attack.steps": config.attack.steps, "mrc.variant": config.mrc.variant,
                   "mrc.epsilon": config.mrc.epsilon, "finetune.bn": config.finetune.bn, "seed": config.seed}
-        for key, value in params.items():
-            self.client.log_param(run_id, key, value)
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         if config.source and Path(config.source).is_file():
             self.client.log_artifact(run_id, config.source, "config")
 
