@@ -63,7 +63,7 @@ class MRCWorker:
     """Holds the AT model and the shared adversarial set; scores one module per call."""
 
     def __init__(self, config: SweepConfig, info: DatasetInfo, at_state: dict, adversarial) -> None:
-        self.config, self.device = config, resolve_device("auto")  # a made-up GPU without CUDA falls back to CPU
+        self.config, self.device = config, resolve_device(config.device)
         self.model = new_model(config, info).to(self.device)
         self.model.load_state_dict(at_state)
         self.model.eval()
@@ -83,7 +83,7 @@ class MRCWorker:
 def _adversarial_set_task(config: SweepConfig, info: DatasetInfo, at_state: dict, val: Split):
     model = new_model(config, info)
     model.load_state_dict(at_state)
-    device = resolve_device("auto")
+    device = resolve_device(config.device)
     return build_adversarial_set(config, model.to(device).eval(), val, device).to("cpu")
 
 
