@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 import torch
 
@@ -98,3 +101,38 @@ def digits_config(tmp_path, digits_checkpoint):
     from rift_sweep.config import load_config
 
     return lambda **overrides: load_config(write_digits_config(tmp_path, digits_checkpoint, **overrides))
+
+
+@pytest.fixture()
+def gpu_cluster():
+    """Three Ray nodes in this machine: a head without GPUs and two workers with one made-up GPU each."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def wait_for(probe, timeout: float, interval: float = 0.3):
+    """The first truthy value of probe(), polled until `timeout` s; an OSError (a server not up yet) is a no."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = probe()
+        except OSError:
+            found = None
+        if found:
+            return found
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout} s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import write_digits_config
+from conftest import wait_for, write_digits_config
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -99,7 +98,7 @@ def ssh_head(tmp_path) -> Iterator[SshHead]:
                                       inside], stdout=log, stderr=subprocess.STDOUT)
     sshd_pid = 0
     try:
-        sshd_pid = _wait_for(lambda: _sshd_up(namespace, port, folder / "sshd.log"), timeout=20)
+        sshd_pid = wait_for(lambda: _sshd_up(namespace, port, folder / "sshd.log"), timeout=20)
         yield SshHead(port, folder / "client_key", home, sshd_pid)
     finally:
         # sshd is PID 1 of its namespace: when it ends, the kernel ends every process left there (Ray, MLflow).
@@ -147,16 +146,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait_for(probe, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise TimeoutError(f"condition not met within {timeout} s")
 
 
 def local_cluster_config(head: SshHead, name: str, gcs_port: int, mlflow_port: int) -> dict:

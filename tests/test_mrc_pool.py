@@ -8,7 +8,6 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from rift_sweep.experiment import load_experiment
 from rift_sweep.mrc_pool import read_table, run_mrc_stage, write_table
@@ -23,18 +22,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture()
-def gpu_cluster():
-    """A head without GPUs and two worker nodes with one made-up GPU each."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-    ray.init(address=cluster.address)
-    cluster.wait_for_nodes()
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
 
 
 def test_pool_matches_single_process_and_resume_computes_only_missing(local_ray, digits_config):

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from contextlib import closing
 from pathlib import Path
 
-import pytest
-import ray
-from ray.cluster_utils import Cluster
 
-from conftest import write_digits_config
+from conftest import wait_for, write_digits_config
 from rift_sweep import cli
 from rift_sweep.config import load_config
 from rift_sweep.resources import worker_shape
@@ -27,18 +23,6 @@ from rift_sweep.tracking import TRIAL_TAG, SweepTracker, child_runs
 NUM_SAMPLES = 4
 SPACE = {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 3, "high": 4},
          "alpha": {"low": 0.0, "high": 1.0}}
-
-
-@pytest.fixture()
-def gpu_cluster():
-    """A head without GPUs and two worker nodes with one made-up GPU each."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-    ray.init(address=cluster.address)
-    cluster.wait_for_nodes()
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
 
 
 def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, tmp_path, digits_checkpoint):
@@ -53,7 +37,7 @@ def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, tmp_path, digit
     thread.start()
 
     db = config.output_path / "mlflow.db"
-    run_id, pid = _wait_for(lambda: _finished_children(db) >= 1 and _trial_mid_finetune(db), timeout=240)
+    run_id, pid = wait_for(lambda: _finished_children(db) >= 1 and _trial_mid_finetune(db), timeout=240)
     cluster.remove_node(_node_of(pid, workers), allow_graceful=False)  # as if the machine died
     thread.join(timeout=300)
     assert not thread.is_alive(), "the sweep did not finish after a node left"
@@ -105,11 +89,3 @@ def _node_of(pid: int, nodes):
     raise AssertionError("the trial does not run on a worker node")
 
 
-def _wait_for(probe, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise TimeoutError(f"condition not met within {timeout} s")

@@ -4,19 +4,17 @@ import glob
 import os
 import pickle
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from contextlib import closing
 
 import pytest
 import ray
 
-from conftest import write_digits_config
+from conftest import free_port, wait_for, write_digits_config
 from rift_sweep import cli
 from rift_sweep.config import load_config
 from rift_sweep.selection import pareto_mask
@@ -116,7 +114,7 @@ def test_every_trial_and_its_alpha_path_reached_optuna(finished_sweep):
 
 
 def test_cached_finetunes_are_reused_over_a_real_mlflow_server(tmp_path, digits_checkpoint, ray_shutdown):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
@@ -124,7 +122,7 @@ def test_cached_finetunes_are_reused_over_a_real_mlflow_server(tmp_path, digits_
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         uri = f"http://127.0.0.1:{port}"
-        _wait_for(lambda: urllib.request.urlopen(f"{uri}/health").status == 200, timeout=90)
+        wait_for(lambda: urllib.request.urlopen(f"{uri}/health").status == 200, timeout=90)
         only_alpha = {"alpha": {"low": 0.0, "high": 1.0}}  # lr and epochs fixed: one fine-tune serves all
         path = sweep_config(tmp_path, digits_checkpoint, num_samples=3, max_concurrent=1, space=only_alpha)
         assert cli.main(["sweep", "--config", str(path), "--tracking-uri", uri]) == 0
@@ -145,7 +143,7 @@ def test_sigkill_of_the_driver_then_resume_reaches_the_same_end_state(tmp_path, 
     driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     config = load_config(path)
     try:
-        _wait_for(lambda: _finished_children(config) >= 1, timeout=300)
+        wait_for(lambda: _finished_children(config) >= 1, timeout=300)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
         driver.wait()
@@ -173,7 +171,7 @@ def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path,
     thread = threading.Thread(target=lambda: box.update(outcome=run_sweep(config, progress=False)))
     thread.start()
     tracker = SweepTracker(config)
-    run = _wait_for(lambda: _running_with_epoch(tracker), timeout=300)
+    run = wait_for(lambda: _running_with_epoch(tracker), timeout=300)
     killed = int(run.data.tags["rift.pid"])
     os.kill(killed, signal.SIGKILL)
     thread.join(timeout=600)
@@ -223,20 +221,3 @@ def _running_with_epoch(tracker):
     return None
 
 
-def _wait_for(probe, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = probe()
-        except OSError:
-            found = None
-        if found:
-            return found
-        time.sleep(0.5)
-    raise TimeoutError(f"condition not met within {timeout} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -11,17 +11,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from conftest import write_digits_config
+from conftest import free_port, wait_for, write_digits_config
 from rift_sweep import cli
 from rift_sweep.config import load_config
 from rift_sweep.report import UI_FILTER
@@ -56,7 +54,7 @@ def finished_sweep(tmp_path_factory, digits_checkpoint):
 def ui_url(finished_sweep, tmp_path_factory):
     """`rift-sweep ui` serving the sweep; yields the experiment URL it prints."""
     log_path = tmp_path_factory.mktemp("ui") / "ui.log"
-    port = _free_port()
+    port = free_port()
     # Unbuffered, so the URL is in the log while the server runs; MLflow's GenAI job runner is not needed
     # (and leaves a folder in /dev/shm per start).
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -66,7 +64,7 @@ def ui_url(finished_sweep, tmp_path_factory):
                                str(finished_sweep.config.output_path), "--port", str(port)],
                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        _wait_for(lambda: _healthy(port), timeout=60)
+        wait_for(lambda: _healthy(port), timeout=60)
         printed = re.search(r"MLflow UI: (\S+)", log_path.read_text())
         assert printed, log_path.read_text()
         yield printed.group(1)
@@ -155,17 +153,3 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _wait_for(probe, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.3)
-    raise TimeoutError(f"condition not met within {timeout} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
