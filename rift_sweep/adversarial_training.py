@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from rift_sweep.attacks import PGD
 from rift_sweep.data import Split, iterate_batches
 from rift_sweep.evaluate import accuracy, robust_accuracy
+from rift_sweep.models import StateDict, cpu_copy
 
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def adversarial_train(
         history.append(row)
         if best_state is None or row["rob_acc"] > history[best_epoch - 1]["rob_acc"]:
             best_epoch = epoch + 1
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_state = cpu_copy(model.state_dict())
     model.load_state_dict(best_state)
     return ATResult(best_state, best_epoch, history)
 

@@ -20,10 +20,9 @@ from rift_sweep.corruptions import OODSet, load_ood
 from rift_sweep.data import DatasetInfo, DataSplits, Split, dataset_info, load_splits, tiny_imagenet_wnids
 from rift_sweep.evaluate import evaluate
 from rift_sweep.mrc import candidate_modules
-from rift_sweep.models import build_model, file_sha256, load_weights, read_checkpoint_meta
+from rift_sweep.models import StateDict, build_model, cpu_copy, file_sha256, load_weights, read_checkpoint_meta
 
 log = logging.getLogger(__name__)
-StateDict = dict[str, torch.Tensor]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,7 +149,7 @@ def load_experiment(config: SweepConfig) -> Experiment:
     device = resolve_device(config.device)
     model = new_model(config, splits.info)
     load_weights(model, checkpoint)
-    at_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    at_state = cpu_copy(model.state_dict())
     model.to(device).eval()
     log.info("loaded %s (%s) on %s", checkpoint, config.model.name, device)
     return Experiment(config, splits, device, at_state, file_sha256(checkpoint), model)

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 
 from rift_sweep.data import Split, iterate_batches
 from rift_sweep.evaluate import accuracy
+from rift_sweep.models import StateDict, cpu_copy
 from rift_sweep.mrc import get_module
 
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,9 @@ def finetune_module(
         _train_one_epoch(model, optimizer, train, settings, epoch, augment, crop_padding, seed, device)
         state.val_acc.append(accuracy(model, val, batch_size=256, device=device))
         if state.best_epoch == 0 or state.val_acc[-1] > state.val_acc[state.best_epoch - 1]:
-            state.best_epoch, state.best_state = epoch + 1, _cpu_copy(model.state_dict())
+            state.best_epoch, state.best_state = epoch + 1, cpu_copy(model.state_dict())
         state.epochs_done = epoch + 1
-        state.model_state, state.optimizer_state = _cpu_copy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+        state.model_state, state.optimizer_state = cpu_copy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
         if on_epoch is not None:
             on_epoch(state)
     model.load_state_dict(state.best_state)
@@ -134,7 +134,3 @@ def _train_one_epoch(model, optimizer, train, settings, epoch, augment, crop_pad
         loss.backward()
         optimizer.step()
     model.eval()
-
-
-def _cpu_copy(state: StateDict) -> StateDict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-StateDict = dict[str, torch.Tensor]
+from rift_sweep.models import StateDict
 
 
 def check_alpha(alpha: float) -> float:

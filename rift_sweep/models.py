@@ -593,6 +593,11 @@ def read_checkpoint_meta(path: PathLike) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def cpu_copy(state: StateDict) -> StateDict:
+    """A detached copy of a state dict on the CPU: a snapshot that later training cannot change."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
 def file_sha256(path: PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks so large checkpoints need no large buffer."""
     digest = hashlib.sha256()

@@ -17,10 +17,10 @@ from rift_sweep.config import ModuleChoice
 from rift_sweep.experiment import Experiment
 from rift_sweep.finetune import FinetuneResult, finetune_module
 from rift_sweep.interpolate import interpolate_state
+from rift_sweep.models import StateDict
 from rift_sweep.mrc import MRCResult, candidate_modules, module_robust_criticality
 from rift_sweep.selection import choose_alpha
 
-StateDict = dict
 
 
 @dataclass
