@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 CONFIG ?= search_spaces/demo.yaml
 
-.PHONY: setup setup-test demo test bench
+.PHONY: setup setup-test demo lint test test-fast bench
 
 setup: $(VENV)/.installed
 	@bash scripts/setup_system.sh demo
@@ -26,9 +26,19 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/rift-sweep sweep --config $(CONFIG) --output runs/demo-$$(date +%Y%m%d-%H%M%S)
 
+# The layering (import-linter contracts in pyproject.toml), then ruff's lint and format checks.
+lint: setup-test
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check rift_sweep tests bench
+	$(VENV)/bin/ruff format --check rift_sweep tests bench
+
 # One torch thread per process: Ray workers and pytest share 2 cores, and oversubscribed threads run ~9x slower.
-test: setup-test
+test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# The quick tests only: no Ray/Tune end-to-end, browser or cluster tests (marked slow).
+test-fast: lint
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 bench: setup-test
 	for b in pgd mrc mrc_scaling sweep; do $(PY) bench/$$b.py || exit 1; done

@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from rift_sweep.attacks import AdversarialSet
 from rift_sweep.config import load_config
-from rift_sweep.experiment import load_experiment
-from rift_sweep.models import build_model
-from rift_sweep.mrc import MRCSettings, candidate_modules, module_robust_criticality
+from rift_sweep.core.attacks import AdversarialSet
+from rift_sweep.core.models import build_model
+from rift_sweep.core.mrc import MRCSettings, candidate_modules, module_robust_criticality
+from rift_sweep.procedure.experiment import load_experiment
 
 
 def time_modules(model, adversarial, settings, device) -> list[tuple[str, float, int]]:

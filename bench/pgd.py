@@ -1,4 +1,4 @@
-"""PGD-10 throughput: rift_sweep.attacks.PGD against torchattacks.PGD on the same model and batch.
+"""PGD-10 throughput: rift_sweep.core.attacks.PGD against torchattacks.PGD on the same model and batch.
 
     .venv/bin/python bench/pgd.py [--repeats 3] [--device cpu|cuda] [--models resnet18 small_cnn] [--threads N]
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torchattacks
 
-from rift_sweep.attacks import PGD
-from rift_sweep.models import build_model
+from rift_sweep.core.attacks import PGD
+from rift_sweep.core.models import build_model
 
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 10
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)

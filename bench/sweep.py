@@ -20,13 +20,14 @@ from pathlib import Path
 import ray
 
 from rift_sweep.config import load_config
-from rift_sweep.experiment import load_experiment
-from rift_sweep.finetune import finetune_module
-from rift_sweep.mrc_pool import run_mrc_stage
-from rift_sweep.rift import alpha_path, choose_modules
-from rift_sweep.selection import hypervolume_2d
-from rift_sweep.sweep import load_cached_finetune, run_sweep
-from rift_sweep.tracking import SweepTracker, child_runs
+from rift_sweep.core.selection import hypervolume_2d
+from rift_sweep.names import FINETUNE_KEY_TAG
+from rift_sweep.orchestration.mrc_pool import run_mrc_stage
+from rift_sweep.orchestration.sweep import run_sweep
+from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+from rift_sweep.procedure.experiment import load_experiment
+from rift_sweep.procedure.finetune_cache import load_finetune
+from rift_sweep.procedure.steps import alpha_path, choose_modules, finetune
 
 PAPER = {"lr": 0.001, "epochs": 10, "grid": [i / 10 for i in range(11)]}
 
@@ -37,11 +38,11 @@ def sweep_points(config, tracker) -> tuple[list, list]:
                   key=lambda r: r.info.start_time)
     finetunes, seen, timing = [], set(), []
     for run in runs:
-        m, key = run.data.metrics, run.data.tags["rift.finetune_key"]
+        m, key = run.data.metrics, run.data.tags[FINETUNE_KEY_TAG]
         timing.append((m["finetune_seconds"], m["eval_seconds"], m["trial_seconds"]))
         if key not in seen:
             seen.add(key)
-            path = load_cached_finetune(config, key)["alpha_path"]
+            path = load_finetune(config, key)["alpha_path"]
             finetunes.append((int(run.data.params["epochs"]), [(p["std_acc"], p["rob_acc"]) for p in path]))
     return finetunes, timing
 
@@ -50,9 +51,7 @@ def paper_points(config, module: str) -> tuple[list, float]:
     exp = load_experiment(dataclasses.replace(config, alpha=dataclasses.replace(config.alpha, grid=tuple(PAPER["grid"]))))
     start = time.perf_counter()
     settings = dataclasses.replace(config.finetune, lr=PAPER["lr"], epochs=PAPER["epochs"])
-    info = exp.splits.info
-    result = finetune_module(exp.load_state(exp.at_state), module, exp.splits.train, exp.splits.val, settings,
-                             augment=info.augment, crop_padding=info.crop_padding, seed=config.seed, device=exp.device)
+    result = finetune(exp, module, settings)
     path = alpha_path(exp, result.best_state, PAPER["grid"], progress=False)
     return [(p["std_acc"], p["rob_acc"]) for p in path], time.perf_counter() - start
 
@@ -69,7 +68,7 @@ def main() -> None:
         stage = run_mrc_stage(config, progress=False)
         mrc_seconds = time.perf_counter() - start
         tracker = SweepTracker(config)
-        outcome = run_sweep(config, progress=False, tracker=tracker)  # stage 1 now comes from the cache
+        outcome = run_sweep(config, tracker, progress=False)  # stage 1 now comes from the cache
         total = time.perf_counter() - start
         slots = min(config.search.max_concurrent, int(ray.cluster_resources()["CPU"]))
         ray.shutdown()

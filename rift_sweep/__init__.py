@@ -1,8 +1,7 @@
-"""rift-sweep: RiFT (Robust Critical Fine-Tuning) as a distributed hyperparameter sweep.
+"""rift-sweep: RiFT (Robust Critical Fine-Tuning, ICCV 2023) as a distributed hyperparameter sweep.
 
-The core modules (data, corruptions, models, attacks, evaluate, mrc, finetune,
-interpolate, selection, adversarial_training, rift) are plain PyTorch and never import
-Ray or MLflow; orchestration (mrc_pool, sweep, tracking) builds on them.
+The layers, top to bottom (README "Development"; import-linter holds them): cli/run → orchestration → procedure
+→ config → core → names.
 """
 
 __version__ = "0.1.0"

@@ -1,14 +1,17 @@
 """The sweep's configuration: YAML (search_spaces/*.yaml) validated into typed, frozen dataclasses.
 
-Every error names the field (e.g. `search.space.lr.low`) and what is allowed. Sections reuse the core's
-own settings classes (PGD, MRCSettings, FinetuneSettings, ATSettings), so each setting has one home.
-Relative paths in `data.root`, `model.checkpoint` and `ood.root` are resolved against the config file's
-folder; `output_dir` against the working directory.
+A file may build on bases (`defaults: [base.yaml, ...]`, paths relative to it; later ones win, the file itself
+last), and any field may be overridden from the command line (`--set attack.eps=0.03`, the value read as YAML).
+Every error names the field (e.g. `search.space.lr.low`) and what is allowed; rules that span sections are
+checked here too. Sections reuse the core's own settings classes (PGD, MRCSettings, FinetuneSettings,
+ATSettings), so each setting has one home. Relative paths in `data.root`, `model.checkpoint` and `ood.root` are
+resolved against the folder of the file that sets them; `output_dir` against the working directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,13 +20,20 @@ from typing import Literal
 
 import yaml
 
-from rift_sweep.adversarial_training import ATSettings
-from rift_sweep.attacks import PGD
-from rift_sweep.finetune import FinetuneSettings
-from rift_sweep.mrc import MRCSettings
+from rift_sweep.core.adversarial_training import ATSettings
+from rift_sweep.core.attacks import PGD
+from rift_sweep.core.data import DATASETS
+from rift_sweep.core.errors import InputError
+from rift_sweep.core.finetune import FinetuneSettings
+from rift_sweep.core.models import MODELS
+from rift_sweep.core.mrc import MRCSettings
+from rift_sweep.names import OOD_ACC, RESOLVED_CONFIG
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # safe in folder names and MLflow filters
+PATH_FIELDS = (("data", "root"), ("model", "checkpoint"), ("ood", "root"))
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that cannot run; the message names the field and the fix."""
 
 
@@ -38,11 +48,25 @@ class DataConfig:
     val_subset: int | None = None
     test_subset: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset {self.dataset!r} is unknown; known: {', '.join(DATASETS)}")
+        size = self.val_size
+        if (isinstance(size, float) and not 0 < size < 1) or (isinstance(size, int) and size < 1):
+            raise ValueError(f"val_size must be a count >= 1 or a fraction in (0, 1); got {size}")
+        for name in ("train_subset", "val_subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or null (all); got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
     checkpoint: str | None = None  # the adversarially trained weights RiFT starts from
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise ValueError(f"name {self.name!r} is not a built-in model; built-in: {', '.join(sorted(MODELS))}")
 
 
 @dataclass(frozen=True)
@@ -176,26 +200,91 @@ class SweepConfig:
     output_dir: str | None = None  # None: runs/<name>; made absolute at load (Tune runs trials in other folders)
     source: str | None = None  # the YAML file this came from (filled in by load_config)
 
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"name {self.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder "
+                             f"and MLflow runs), e.g. cifar10-resnet18")
+        if OOD_ACC in self.search.objectives and not self.ood.enabled:
+            raise ValueError("search.objectives holds ood_acc but ood.enabled is false: enable ood or drop ood_acc")
+
     @property
     def output_path(self) -> Path:
         return Path(self.output_dir)
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> SweepConfig:
-    """Read and validate a YAML config; `overrides` are merged into the YAML mapping first (nested dicts)."""
+def load_config(path: str | Path, overrides: dict | None = None, assignments: list[str] = ()) -> SweepConfig:
+    """Read a YAML config with its bases, apply `overrides` (a nested mapping) and `assignments` ("a.b=value",
+    the value read as YAML), and validate the result."""
     path = Path(path)
+    raw = read_with_bases(path, ())
+    raw = _merge(_merge(raw, overrides or {}), parse_assignments(assignments))
+    raw["source"] = str(path.resolve())
+    return _resolve_paths(build(SweepConfig, raw, "config"))
+
+
+def read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
+    """The file's mapping merged over its `defaults` (recursively); relative paths made absolute per file."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: its defaults include it again ({' -> '.join(p.name for p in (*seen, path))})")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; the shipped ones are in search_spaces/")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (name, data, model, ...); got {type(raw).__name__}")
-    raw = _merge(raw, overrides or {})
-    raw["source"] = str(path.resolve())
-    config = build(SweepConfig, raw, "config")
-    return _resolve_paths(config, path.resolve().parent)
+    bases = raw.pop("defaults", [])
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: defaults must be a list of YAML files, e.g. defaults: [_cifar_paper.yaml]")
+    _absolute_paths(raw, path.parent)
+    merged: dict = {}
+    for base in bases:
+        merged = _merge(merged, read_with_bases(path.parent / base, (*seen, path)))
+    return _merge(merged, raw)
+
+
+def parse_assignments(assignments: list[str]) -> dict:
+    """["attack.eps=0.03", "search.num_samples=32"] -> {"attack": {"eps": 0.03}, "search": {"num_samples": 32}}."""
+    out: dict = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key or not all(NAME_PATTERN.fullmatch(part) for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: write FIELD.PATH=VALUE, e.g. --set attack.eps=0.03")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is set to a value and used as a section")
+        node[leaf] = value
+    return out
+
+
+def save_resolved_config(config: SweepConfig) -> Path:
+    """Write the resolved config (bases merged, overrides applied, paths absolute) into the sweep's folder, so
+    `report --sweep NAME` and `--resume` need nothing else. `load_config` reads it back to an equal config."""
+    raw = _plain(dataclasses.asdict(config))
+    raw.pop("source")
+    path = config.output_path / RESOLVED_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def build(cls: type, raw: object, where: str):
@@ -264,9 +353,18 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def _resolve_paths(config: SweepConfig, folder: Path) -> SweepConfig:
+def _absolute_paths(raw: dict, folder: Path) -> None:
+    """Relative paths in a file are relative to that file's folder: resolve them before merging files."""
+    for section, key in PATH_FIELDS:
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str):
+            raw[section][key] = str((folder / Path(value).expanduser()).resolve())
+
+
+def _resolve_paths(config: SweepConfig) -> SweepConfig:
+    """Command-line paths (already absolute or relative to the working directory) and the output folder."""
     def resolve(p: str | None) -> str | None:
-        return None if p is None else str((folder / Path(p).expanduser()).resolve())
+        return None if p is None else str(Path(p).expanduser().resolve())
 
     return dataclasses.replace(
         config,

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,58 @@ def test_overrides_merge_into_sections(tmp_path):
     assert config.search.num_samples == 3
     assert config.search.sampler == "tpe"
     assert config.output_path == tmp_path / "o"
+
+
+def test_a_config_builds_on_bases_with_paths_relative_to_each_file(tmp_path):
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "bases" / "common.yaml").write_text(yaml.safe_dump(
+        {"data": {"dataset": "digits", "root": "../data"}, "search": {"num_samples": 5, "seed": 3}}))
+    path = write(tmp_path, {"defaults": ["bases/common.yaml"], "name": "t", "model": BASE["model"],
+                            "search": {"num_samples": 7}})
+    config = load_config(path)
+    assert config.search.num_samples == 7 and config.search.seed == 3  # the file wins; the rest comes from the base
+    assert config.data.root == str(tmp_path / "data")  # relative to the base's folder, not the config's
+
+
+def test_bases_that_include_themselves_are_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("defaults: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("defaults: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="include it again"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_set_overrides_any_field_typed_and_checked(tmp_path):
+    path = write(tmp_path, BASE)
+    config = load_config(path, assignments=["attack.eps=0.03", "search.num_samples=32", "ood.enabled=false",
+                                            "alpha.grid=[0, 0.5, 1]"])
+    assert config.attack.eps == 0.03 and config.search.num_samples == 32 and not config.ood.enabled
+    assert config.alpha.grid == (0.0, 0.5, 1.0)
+    with pytest.raises(ConfigError, match="config.attack.eps must be float"):
+        load_config(path, assignments=["attack.eps=big"])
+    with pytest.raises(ConfigError, match="unknown field\\(s\\) \\['epz'\\]"):
+        load_config(path, assignments=["attack.epz=0.1"])
+    with pytest.raises(ConfigError, match="FIELD.PATH=VALUE"):
+        load_config(path, assignments=["attack.eps"])
+
+
+def test_the_resolved_config_round_trips(tmp_path):
+    from rift_sweep.config import save_resolved_config
+
+    config = load_config(write(tmp_path, with_(search={"num_samples": 3})), {"output_dir": str(tmp_path / "o")},
+                         ["attack.eps=0.05"])
+    saved = save_resolved_config(config)
+    again = load_config(saved)
+    assert dataclasses.replace(again, source=None) == dataclasses.replace(config, source=None)
+
+
+@pytest.mark.parametrize("raw,message", [
+    (with_(search={"objectives": ["std_acc", "rob_acc", "ood_acc"]}, ood={"enabled": False}),
+     "objectives holds ood_acc but ood.enabled is false"),
+    (with_(name="it's"), "may hold only letters"),
+    (with_(data={"dataset": "imagenet-21k"}), "dataset 'imagenet-21k' is unknown"),
+    (with_(model={"name": "vit"}), "name 'vit' is not a built-in model"),
+    (with_(data={"dataset": "digits", "val_size": 1.5}), "val_size must be"),
+])
+def test_rules_across_fields_are_checked_at_load(tmp_path, raw, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, raw))

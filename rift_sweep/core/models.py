@@ -1,0 +1,608 @@
+"""Model zoo and checkpoint I/O for RiFT.
+
+Architectures keep the module names of the repositories that published robust checkpoints, so those
+checkpoints load strictly and MRC module names match the paper (e.g. ``layer2.1.conv2``,
+``block1.layer.3.conv2``):
+
+- ``resnet18`` / ``resnet34``: CIFAR ResNet of kuangliu/pytorch-cifar (the RiFT reference code's copy).
+- ``preact_resnet18``: PreAct ResNet-18 of the robust-training repos (Rice et al. robust_overfitting,
+  Bag-of-Tricks-for-AT), which add a final ``bn`` before the classifier.
+- ``wrn34_10``: WideResNet-34-10 of TRADES (also used by MART, AWP and the RiFT reference code).
+- ``small_cnn``: a 3-conv network for 8x8 / 28x28 / 32x32 inputs that trains fast on a CPU.
+
+Every model takes images in [0, 1] and normalises them in its first submodule, ``normalize``, whose
+mean/std buffers are non-persistent: state dicts hold exactly the architecture's own keys.
+
+Checkpoint layouts accepted by :func:`load_state_dict_file` / :func:`load_weights`:
+
+- a plain state dict (``torch.save(model.state_dict(), path)``);
+- a dict wrapping it under ``state_dict``, ``model_state_dict``, ``model`` or ``net`` (kuangliu saves
+  ``{"net": ..., "acc": ..., "epoch": ...}``), nested at most twice;
+- keys prefixed by ``module.`` (DataParallel / DistributedDataParallel) and/or ``_orig_mod.`` (torch.compile).
+- TRADES-style WideResNet checkpoints also carry ``sub_block1.*`` weights that the forward pass never
+  uses; :class:`WideResNet` declares them ignorable rather than growing modules MRC would then score.
+
+Not accepted: whole pickled ``nn.Module`` objects (weights_only loading refuses arbitrary classes by
+design) and models wrapped as ``Sequential(normalize, model)`` (``1.``-prefixed keys). Known layout gaps,
+reported key by key by :func:`load_weights`: the RiFT reference code pools 64x64 inputs to 2x2, so its
+Tiny-ImageNet classifiers take 2048 features (ours pool to 1x1: 512); kuangliu's own PreActResNet has
+no final ``bn``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rift_sweep.core.errors import InputError
+from rift_sweep.core.files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, Tensor]
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation: the first layer of every model
+# --------------------------------------------------------------------------------------------------
+
+
+def _per_channel(values: Sequence[float], channels: int, what: str) -> Tensor:
+    """Return `values` as a float tensor of length `channels`, broadcasting a single value."""
+    values = [float(v) for v in values]
+    if len(values) not in (1, channels):
+        raise ValueError(
+            f"normalisation {what} has {len(values)} values but the model has {channels} input channel(s): "
+            f"give one value per channel or a single value for all"
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"normalisation {what} must be finite numbers; got {values}")
+    return torch.tensor(values * channels if len(values) == 1 else values, dtype=torch.float32)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, for x in [0, 1] of shape [B, C, H, W].
+
+    The buffers are non-persistent so state dicts match the published checkpoints key for key; they
+    still follow the model across `.to(device)`.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+        super().__init__()
+        mean_t = _per_channel(mean, channels, "mean")
+        std_t = _per_channel(std, channels, "std")
+        if (std_t <= 0).any():
+            raise ValueError(f"normalisation std must be positive; got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t.view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", std_t.view(1, channels, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(
+                f"model expects images [B, {self.mean.shape[1]}, H, W] in [0, 1]; got shape {tuple(x.shape)}"
+            )
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def _identity_normalize(channels: int) -> Normalize:
+    """Placeholder normalisation; `build_model` swaps in the data set's statistics."""
+    return Normalize((0.0,), (1.0,), channels)
+
+
+# --------------------------------------------------------------------------------------------------
+# ResNet-18 / 34 (kuangliu/pytorch-cifar layout)
+# --------------------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """Post-activation residual block: conv1, bn1, conv2, bn2, shortcut (1x1 conv + BN or identity)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def _stage(block: type[nn.Module], in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+    """One ResNet stage: the first block may downsample, the rest keep the resolution."""
+    strides = [stride] + [1] * (num_blocks - 1)
+    return nn.Sequential(*[block(in_planes if i == 0 else planes, planes, s) for i, s in enumerate(strides)])
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet: 3x3 stem with stride 1 and no max-pool, four stages (64-128-256-512), linear head.
+
+    Global average pooling is adaptive, so 32x32 and 64x64 (Tiny-ImageNet) inputs both give 512 features.
+    """
+
+    def __init__(self, num_blocks: Sequence[int], num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.normalize = _identity_normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = _stage(BasicBlock, 64, 64, num_blocks[0], stride=1)
+        self.layer2 = _stage(BasicBlock, 64, 128, num_blocks[1], stride=2)
+        self.layer3 = _stage(BasicBlock, 128, 256, num_blocks[2], stride=2)
+        self.layer4 = _stage(BasicBlock, 256, 512, num_blocks[3], stride=2)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(self.normalize(x))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+# --------------------------------------------------------------------------------------------------
+# PreAct ResNet-18 (robust_overfitting / Bag-of-Tricks layout)
+# --------------------------------------------------------------------------------------------------
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation block: bn1, conv1, bn2, conv2, shortcut (a 1x1 conv, present only when shapes change)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Sequential | None = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        # The projection shortcut sees the pre-activated input; the identity sees the raw input.
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """PreAct ResNet with a final BN + ReLU before pooling (``bn``), as in the robust-training repos."""
+
+    def __init__(self, num_blocks: Sequence[int], num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.normalize = _identity_normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.layer1 = _stage(PreActBlock, 64, 64, num_blocks[0], stride=1)
+        self.layer2 = _stage(PreActBlock, 64, 128, num_blocks[1], stride=2)
+        self.layer3 = _stage(PreActBlock, 128, 256, num_blocks[2], stride=2)
+        self.layer4 = _stage(PreActBlock, 256, 512, num_blocks[3], stride=2)
+        self.bn = nn.BatchNorm2d(512)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv1(self.normalize(x))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.relu(self.bn(out))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+# --------------------------------------------------------------------------------------------------
+# WideResNet (TRADES layout)
+# --------------------------------------------------------------------------------------------------
+
+
+class WideBasicBlock(nn.Module):
+    """TRADES WRN block: bn1, relu1, conv1, bn2, relu2, conv2, and convShortcut when in != out planes."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut: nn.Conv2d | None = None  # noqa: N815 - name fixed by the published checkpoints
+        if not self.equal_in_out:
+            self.convShortcut = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = self.relu1(self.bn1(x))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(activated))))
+        # TRADES: a widening block's shortcut projects the pre-activated input; otherwise identity on x.
+        shortcut = x if self.convShortcut is None else self.convShortcut(activated)
+        return shortcut + out
+
+
+class NetworkBlock(nn.Module):
+    """A WRN stage; its blocks live under ``.layer`` to match the checkpoint keys."""
+
+    def __init__(self, num_blocks: int, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[
+                WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
+                for i in range(num_blocks)
+            ]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-widen_factor (Zagoruyko & Komodakis 2016) in the TRADES layout, dropout 0."""
+
+    # TRADES defines `sub_block1` but never calls it; its weights ride along in published checkpoints.
+    checkpoint_ignored_prefixes: tuple[str, ...] = ("sub_block1.",)
+
+    def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 34, widen_factor: int = 10) -> None:
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6 != 0:
+            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (e.g. 28, 34); got {depth}")
+        blocks = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.normalize = _identity_normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.block1 = NetworkBlock(blocks, widths[0], widths[1], stride=1)
+        self.block2 = NetworkBlock(blocks, widths[1], widths[2], stride=2)
+        self.block3 = NetworkBlock(blocks, widths[2], widths[3], stride=2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(widths[3], num_classes)
+        self._init_like_trades()
+
+    def _init_like_trades(self) -> None:
+        """He-normal conv (fan-out), unit BN, zero classifier bias: what the AT baselines trained from."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv1(self.normalize(x))
+        out = self.block3(self.block2(self.block1(out)))
+        out = self.relu(self.bn1(out))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Small CNN for CPU tests and the demo
+# --------------------------------------------------------------------------------------------------
+
+
+class SmallCNN(nn.Module):
+    """conv1-pool-conv2-pool-conv3 (32-64-128 channels, BN + ReLU), global average pool, fc1 (128), fc2.
+
+    Pooling early keeps the 28x28 cost low (~2,700 images/s forward+backward at batch 128 on 2 CPU
+    cores); global pooling lets the same weights run on 8x8, 28x28 and 32x32 inputs. Five Conv2d/Linear
+    modules give MRC something to rank.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1) -> None:
+        super().__init__()
+        self.normalize = _identity_normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.conv3 = nn.Conv2d(64, 128, kernel_size=3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(128)
+        self.fc1 = nn.Linear(128, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.max_pool2d(F.relu(self.bn1(self.conv1(self.normalize(x)))), 2)
+        out = F.max_pool2d(F.relu(self.bn2(self.conv2(out))), 2)
+        out = F.relu(self.bn3(self.conv3(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc2(F.relu(self.fc1(out)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+
+def resnet18(num_classes: int, in_channels: int = 3) -> ResNet:
+    return ResNet((2, 2, 2, 2), num_classes, in_channels)
+
+
+def resnet34(num_classes: int, in_channels: int = 3) -> ResNet:
+    return ResNet((3, 4, 6, 3), num_classes, in_channels)
+
+
+def preact_resnet18(num_classes: int, in_channels: int = 3) -> PreActResNet:
+    return PreActResNet((2, 2, 2, 2), num_classes, in_channels)
+
+
+def wrn34_10(num_classes: int, in_channels: int = 3) -> WideResNet:
+    return WideResNet(num_classes, in_channels, depth=34, widen_factor=10)
+
+
+def small_cnn(num_classes: int, in_channels: int = 1) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture: `builder(num_classes, in_channels)` returns an un-normalised model."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("resnet18", resnet18, "CIFAR ResNet-18 (kuangliu layout, 11.2M params, 21 weights); 32x32, 64x64"),
+        ModelSpec("resnet34", resnet34, "CIFAR ResNet-34 (kuangliu layout, 21.3M params); 32x32 or 64x64"),
+        ModelSpec("preact_resnet18", preact_resnet18, "PreAct ResNet-18, final bn (robust_overfitting layout); 32x32"),
+        ModelSpec("wrn34_10", wrn34_10, "WideResNet-34-10 (TRADES layout, 46.2M params); 32x32"),
+        ModelSpec("small_cnn", small_cnn, "3-conv CNN (5 Conv2d/Linear) for CPU runs; 8x8, 28x28, 32x32"),
+    )
+}
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+) -> nn.Module:
+    """Build a registered model that normalises [0, 1] inputs with `mean`/`std` as its first step."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    for field, value, least in (("num_classes", num_classes, 2), ("in_channels", in_channels, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{field} must be an integer >= {least}; got {value!r}")
+    normalize = Normalize(mean, std, in_channels)  # validates before the (possibly large) model is built
+    model = MODELS[name].builder(num_classes, in_channels)
+    model.normalize = normalize
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+class CheckpointError(InputError):
+    """A checkpoint file is missing, unreadable, unsafe, or does not fit the model."""
+
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+_KEY_PREFIXES = ("module.", "_orig_mod.")
+_MAX_WRAPPER_DEPTH = 2
+_META_SCALARS = (str, int, float, bool, type(None))
+
+
+def _torch_load(path: PathLike) -> Any:
+    """torch.load with weights_only=True, turning every failure into a CheckpointError that says why."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file: give the path of a torch.save file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types on bad input (RuntimeError, EOFError, UnpicklingError, ...)
+        refused = re.search(r"unsupported global:? (?:GLOBAL )?(\S+)", str(err), flags=re.IGNORECASE)
+        if refused:
+            raise CheckpointError(
+                f"checkpoint {path} holds a pickled Python object ({refused.group(1)}), which weights_only loading "
+                f"refuses because unpickling it could run arbitrary code; if you trust the file, load it in a "
+                f"separate trusted session and re-save only the state dict: torch.save(model.state_dict(), path)"
+            ) from err
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {_short_reason(err)}): the file is truncated, "
+            f"corrupt or not written by torch.save; re-download or re-save it"
+        ) from err
+
+
+def _short_reason(err: Exception) -> str:
+    """The informative line of a torch.load error (its first lines are generic weights_only advice)."""
+    text = str(err)
+    detail = re.search(r"Unsupported operand \d+|WeightsUnpickler error: .+", text)
+    if detail:
+        return detail.group(0)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else "no further detail"
+
+
+def _is_state_dict(obj: Any) -> bool:
+    if not isinstance(obj, dict) or not obj:
+        return False
+    return all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _describe(obj: Any) -> str:
+    """A short account of what a loaded object is, for error messages."""
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}"
+    if not obj:
+        return "an empty dict"
+    entries = [f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:12]]
+    more = f", ... ({len(obj)} entries)" if len(obj) > 12 else ""
+    return "a dict {" + ", ".join(entries) + more + "}"
+
+
+def _unwrap_state_dict(obj: Any, path: PathLike) -> StateDict:
+    """Descend through up to two wrapper dicts ("state_dict", "model", ...) to the tensor dict."""
+    current = obj
+    for _ in range(_MAX_WRAPPER_DEPTH + 1):
+        if _is_state_dict(current):
+            return current
+        if not isinstance(current, dict):
+            break
+        wrapper = next((k for k in _WRAPPER_KEYS if isinstance(current.get(k), dict)), None)
+        if wrapper is None:
+            break
+        current = current[wrapper]
+    raise CheckpointError(
+        f"checkpoint {path} holds {_describe(current)}; expected a state dict (parameter name -> tensor), "
+        f"plain or wrapped under one of {', '.join(repr(k) for k in _WRAPPER_KEYS)}"
+    )
+
+
+def _strip_prefixes(key: str) -> str:
+    """Remove any run of 'module.' / '_orig_mod.' wrappers (DataParallel, torch.compile, or both)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _KEY_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def load_state_dict_file(path: PathLike) -> StateDict:
+    """Load a checkpoint's state dict on CPU (weights_only), unwrapped and with wrapper prefixes removed."""
+    raw = _unwrap_state_dict(_torch_load(path), path)
+    state: StateDict = {}
+    for key, tensor in raw.items():
+        name = _strip_prefixes(key)
+        if name in state:
+            raise CheckpointError(
+                f"checkpoint {path} has key {key!r} that collides with another key once 'module.'/'_orig_mod.' "
+                f"prefixes are removed ({name!r}); it mixes two models — re-save one model's state dict"
+            )
+        state[name] = tensor
+    return state
+
+
+def _drop_ignored_keys(model: nn.Module, state: StateDict) -> StateDict:
+    prefixes = getattr(model, "checkpoint_ignored_prefixes", ())
+    kept = {k: v for k, v in state.items() if not k.startswith(prefixes)} if prefixes else state
+    if len(kept) != len(state):
+        dropped = len(state) - len(kept)
+        logger.info("ignoring %d checkpoint entries under %s (unused by %s)", dropped, prefixes, type(model).__name__)
+    return kept
+
+
+def _mismatch_report(model: nn.Module, state: StateDict) -> list[str]:
+    """Lines naming every missing, unexpected and mis-shaped key; empty when the state fits."""
+    expected = model.state_dict()
+    # BatchNorm fills in a missing counter itself (pre-0.4.1 checkpoints lack it), so it is no mismatch.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k}: model expects {tuple(expected[k].shape)}, checkpoint has {tuple(state[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    lines = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):
+        if items:
+            lines.append(f"{title} ({len(items)}):")
+            lines.extend(f"  {item}" for item in items)
+    return lines
+
+
+def load_weights(model: nn.Module, path: PathLike) -> None:
+    """Load a checkpoint into `model` strictly; on any mismatch raise a CheckpointError that summarises it in
+    one line and lists every key in its `details`."""
+    state = _drop_ignored_keys(model, load_state_dict_file(path))
+    report = _mismatch_report(model, state)
+    if report:
+        counts = ", ".join(line.rstrip(":") for line in report if not line.startswith("  "))
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(model).__name__} ({counts}): the architecture, num_classes or "
+            f"in_channels is probably wrong; build the model that wrote this checkpoint (--verbose lists the keys)",
+            details="\n".join(report),
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _check_meta(value: Any, where: str) -> None:
+    """Refuse values that weights_only loading could not read back (exact types: np.float64 is not a float)."""
+    if type(value) in _META_SCALARS:
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            _check_meta(item, f"{where}[{i}]")
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ValueError(f"checkpoint meta {where} has a non-string key {key!r}; use string keys")
+            _check_meta(item, f"{where}[{key!r}]")
+        return
+    raise ValueError(
+        f"checkpoint meta {where} is a {type(value).__module__}.{type(value).__name__}; only str, int, float, bool, "
+        f"None and lists/dicts of them load with weights_only=True: convert it (float(x), int(x), str(x), x.tolist())"
+    )
+
+
+def save_checkpoint(path: PathLike, model: nn.Module, /, **meta: Any) -> None:
+    """Write {"state_dict": CPU tensors, "meta": meta} atomically.
+
+    `path` and `model` are positional-only so that meta may itself hold keys named "model" or "path".
+    """
+    for key, value in meta.items():
+        _check_meta(value, repr(key))
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint_meta(path: PathLike) -> dict:
+    """The "meta" dict that save_checkpoint stored, or {} for checkpoints without one."""
+    raw = _torch_load(path)
+    meta = raw.get("meta") if isinstance(raw, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def cpu_copy(state: StateDict) -> StateDict:
+    """A detached copy of a state dict on the CPU: a snapshot that later training cannot change."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+@contextmanager
+def only_trainable(model: nn.Module, *params: nn.Parameter) -> Iterator[None]:
+    """Inside, only `params` require grad (none when empty); afterwards every flag is as found, on any exit.
+
+    One home for "only this weight trains": MRC ascends one weight, fine-tuning trains one, attacks none.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    chosen = {id(p) for p in params}
+    try:
+        for p, _ in flags:
+            p.requires_grad_(id(p) in chosen)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -1,0 +1,48 @@
+"""Every name shared across layers, in one place: metric keys, MLflow tags and prefixes, file names, filters.
+
+A leaf module: it imports nothing, so the command line can read a filter string without loading torch or Ray.
+"""
+
+# Metrics of one model on one split (core.evaluate returns these keys).
+STD_ACC = "std_acc"
+ROB_ACC = "rob_acc"
+OOD_ACC = "ood_acc"
+OBJECTIVES = (STD_ACC, ROB_ACC, OOD_ACC)
+OOD_PER_CORRUPTION_PREFIX = "ood/"
+INTERVAL_SUFFIXES = ("_low", "_high")  # a 95 % interval beside an accuracy: std_acc_low, std_acc_high
+
+# Metric-name prefixes on MLflow runs.
+TEST_PREFIX = "test_"  # a trial's test-split metrics
+PATH_PREFIX = "path_"  # a trial's α path, one step per α
+
+
+def at_prefix(split: str) -> str:
+    """The AT model's metrics on the sweep's parent run: at_val_std_acc, at_test_rob_acc, ..."""
+    return f"at_{split}_"
+
+
+# MLflow tags.
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+SWEEP_TAG = "rift_sweep.orchestration.sweep"  # marks a sweep's parent run: its name ...
+OUTPUT_TAG = "rift_sweep.output"  # ... and its output folder (two sweeps may share a name on one server)
+TRIAL_TAG = "rift_sweep.trial_id"
+PID_TAG = "rift.pid"
+MODULE_TAG = "rift.module"
+MRC_TABLE_TAG = "rift.mrc_table"
+FINETUNE_KEY_TAG = "rift.finetune_key"
+FINETUNE_REUSED_TAG = "rift.finetune_reused"
+FRONT_SIZE_TAG = "rift.front_size"
+CHECKPOINT_SHA_TAG = "rift.checkpoint_sha256"
+MODEL_CODE_SHA_TAG = "rift.model_code_sha256"
+PARETO_TAG = "pareto"
+RECOMMENDED_TAG = "recommended"
+PARETO_FILTER = f"tags.{PARETO_TAG} = 'true'"  # for the MLflow UI's search box
+RECOMMENDED_FILTER = f"tags.{RECOMMENDED_TAG} = 'true'"
+
+# Files and folders under a sweep's output folder.
+RESOLVED_CONFIG = "sweep_config.yaml"
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+CACHE_DIR = "cache"
+TUNE_DIR = "tune"
+TUNE_NAME = "sweep"

@@ -1,0 +1,96 @@
+"""Tune → MLflow: one child run per Tune trial, nested under the sweep's parent run.
+
+A trial's run is found by its tag, not by an in-memory map, so a resumed sweep (even after a hard kill)
+reuses the run instead of duplicating it; runs left RUNNING by a lost trial are closed as KILLED.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from rift_sweep import names
+from rift_sweep.orchestration.tracking import close_orphaned_runs, tag_filter
+
+RESOLVED_PARAMS = ("module", "lr", "epochs", "alpha")
+INTERIM_METRICS = ("epoch", "ft_val_acc")
+TIMING_METRICS = ("finetune_seconds", "eval_seconds", "trial_seconds", "best_epoch")
+
+
+def is_accuracy(key: str, value) -> bool:
+    """An accuracy (or its interval bound) of the objectives or of one corruption."""
+    base = key.removesuffix(names.INTERVAL_SUFFIXES[0]).removesuffix(names.INTERVAL_SUFFIXES[1])
+    return (base in names.OBJECTIVES or key.startswith(names.OOD_PER_CORRUPTION_PREFIX)) and isinstance(value, (int, float))
+
+
+class MLflowTrialCallback(Callback):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, seed: int) -> None:
+        self.uri, self.experiment_id, self.parent_run_id, self.seed = uri, experiment_id, parent_run_id, seed
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks into its experiment state
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def run_id(self, trial_id: str) -> str:
+        if trial_id not in self._runs:
+            query = tag_filter(**{names.PARENT_TAG: self.parent_run_id, names.TRIAL_TAG: trial_id})
+            found = self.client.search_runs([self.experiment_id], query, max_results=1)
+            if found:
+                self._runs[trial_id] = found[0].info.run_id
+            else:
+                run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}",
+                                             tags={names.PARENT_TAG: self.parent_run_id, names.TRIAL_TAG: trial_id})
+                self._runs[trial_id] = run.info.run_id
+        return self._runs[trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id(trial.trial_id)
+        self.client.update_run(run_id, status="RUNNING")
+        existing = self.client.get_run(run_id).data.params
+        params = [Param(k, str(v)) for k, v in trial.config.items() if k in RESOLVED_PARAMS and k not in existing]
+        self.client.log_batch(run_id, params=params + ([] if "seed" in existing else [Param("seed", str(self.seed))]))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "pid" in result:  # which process runs the trial: for debugging, and to find it from outside
+            self.client.set_tag(self.run_id(trial.trial_id), names.PID_TAG, str(result["pid"]))
+        step = int(result.get("training_iteration", 0))
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
+                   if k in INTERIM_METRICS and isinstance(v, (int, float))]
+        if metrics:
+            self.client.log_batch(self.run_id(trial.trial_id), metrics=metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result, run_id = trial.last_result, self.run_id(trial.trial_id)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in result.items() if is_accuracy(k, v)]
+        for step, row in enumerate(result.get("alpha_path", [])):
+            metrics += [Metric(names.PATH_PREFIX + k, float(v), now, step) for k, v in row.items()
+                        if is_accuracy(k, v) or k == "alpha"]
+        metrics += [Metric(k, float(result[k]), now, 0) for k in TIMING_METRICS if k in result]
+        existing = self.client.get_run(run_id).data.params
+        params = [Param(k, str(result[k])) for k in RESOLVED_PARAMS if k in result and k not in existing]
+        tags = [RunTag(names.FINETUNE_KEY_TAG, str(result.get("finetune_key"))),
+                RunTag(names.FINETUNE_REUSED_TAG, str(result.get("finetune_reused")))]
+        for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(run_id, metrics=metrics[start:start + 900])
+        self.client.log_batch(run_id, params=params, tags=tags)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.client.set_terminated(self.run_id(trial.trial_id), "FAILED")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        # Finished trials closed their runs; what is still RUNNING was paused or lost. A resumed trial
+        # finds its run by tag and marks it RUNNING again.
+        close_orphaned_runs(self.client, self.experiment_id, self.parent_run_id)

@@ -1,0 +1,108 @@
+"""A sweep (or stage 1 alone) from start to finish, for the command line and `ray submit`.
+
+Every check runs before anything is started or written (orchestration.preflight). Then Ray, the resolved config,
+the MLflow parent run, stage 1, the search and the front. The parent run ends FINISHED, FAILED or KILLED on
+every exit path (an exception, Ctrl-C, SIGTERM); only a hard kill leaves it RUNNING, and the next --resume
+carries on from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rift_sweep.config import SweepConfig, save_resolved_config
+from rift_sweep.core.errors import InputError
+from rift_sweep.orchestration.front import publish_front
+from rift_sweep.orchestration.mrc_pool import MRCStage, run_mrc_stage
+from rift_sweep.orchestration.preflight import check_sweep
+from rift_sweep.orchestration.resources import gpus_requested, init_ray
+from rift_sweep.orchestration.sweep import SweepOutcome, run_sweep
+from rift_sweep.orchestration.tracking import SweepTracker
+from rift_sweep.procedure.steps import choose_modules
+from rift_sweep.procedure.tables import FrontReport
+
+
+@dataclass
+class SweepResult:
+    config: SweepConfig
+    outcome: SweepOutcome
+    report: FrontReport | None  # None when the sweep stopped before every trial finished
+
+
+def launch_sweep(config: SweepConfig, *, resume: bool = False, num_samples: int | None = None,
+                 workers: int | None = None, address: str | None = None, gpus: int | None = None,
+                 progress: bool = True) -> SweepResult:
+    """`num_samples`: the --num-samples the user gave (already in `config`); on --resume it may only grow."""
+    folder, exp = check_sweep(config, resume=resume, address=address, gpus=gpus)
+    if folder.exists:
+        config = _resumable(folder.config, config, num_samples)
+    init_ray(address)
+    save_resolved_config(config)
+    tracker = SweepTracker(config)
+    tracker.client.update_run(tracker.parent_run_id, "RUNNING")
+    status = "FAILED"
+    try:
+        with gpus_requested(gpus), _sigterm_as_interrupt():
+            outcome = run_sweep(config, tracker, workers=workers, progress=progress, exp=exp)
+            report = publish_front(config, tracker) if outcome.complete else None
+        status = "FINISHED" if report is not None else "KILLED"
+        return SweepResult(config, outcome, report)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish_parent(status)
+
+
+def launch_mrc(config: SweepConfig, *, workers: int | None = None, address: str | None = None,
+               gpus: int | None = None) -> tuple[MRCStage, list[str], SweepTracker]:
+    """Stage 1 alone: the MRC table (cached, resumable) and the module(s) it chooses, logged on the parent run."""
+    from rift_sweep.orchestration.preflight import check_local_devices, check_ray_address, check_tracking
+    from rift_sweep.procedure.experiment import check_module_choice, load_experiment
+
+    check_tracking(config)
+    check_ray_address(address)
+    check_local_devices(config, address=address, gpus=gpus)
+    check_module_choice(config)
+    exp = load_experiment(config, device="cpu")
+    init_ray(address)
+    with gpus_requested(gpus):
+        stage = run_mrc_stage(config, workers=workers, exp=exp)
+    chosen = choose_modules([r["module"] for r in stage.rows], config.modules)
+    tracker = SweepTracker(config)
+    tracker.log_mrc(stage.rows, chosen, stage.table_path)
+    return stage, chosen, tracker
+
+
+def _resumable(saved: SweepConfig, given: SweepConfig, num_samples: int | None) -> SweepConfig:
+    """The folder's own config, with the only change a resume may make: more trials (--num-samples N)."""
+    differ = [f.name for f in dataclasses.fields(saved) if f.name not in ("source", "search")
+              and getattr(given, f.name) != getattr(saved, f.name)]
+    if differ or {**dataclasses.asdict(given.search), "num_samples": 0} != {**dataclasses.asdict(saved.search), "num_samples": 0}:
+        raise InputError(f"--resume: the config differs from the sweep's own in {', '.join(differ) or 'search'} "
+                         f"({saved.output_path / 'sweep_config.yaml'}); resume with the same config")
+    if num_samples is None:
+        return saved
+    if num_samples < saved.search.num_samples:
+        raise InputError(f"--num-samples {num_samples} is fewer than the sweep's {saved.search.num_samples} trials; "
+                         f"a resumed sweep can only grow (give N >= {saved.search.num_samples})")
+    return dataclasses.replace(saved, search=dataclasses.replace(saved.search, num_samples=num_samples))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the sweep as Ctrl-C does (Tune saves its state; the parent run ends KILLED)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    except ValueError:  # not the main thread (tests running a sweep in a thread): leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

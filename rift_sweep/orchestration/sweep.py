@@ -1,0 +1,287 @@
+"""Stage 2: Ray Tune + Optuna search over the fine-tuning lr, epochs and the interpolation α.
+
+A trial fine-tunes the chosen module at (lr, epochs) — or takes that fine-tune from the cache — evaluates the
+whole α path on validation, and reports the point at its own α. The rest of the path reaches the Optuna study
+as already-evaluated points, so exploring α costs evaluation only. Tune checkpoints every fine-tuning epoch,
+and after every α point, so a crashed trial resumes where it stopped (FailureConfig) and its result still
+reaches Optuna. α = 0 is the AT model: its validation metrics are measured once per sweep and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from rift_sweep import names
+from rift_sweep.config import SweepConfig
+from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState
+from rift_sweep.core.interpolate import interpolate_state
+from rift_sweep.procedure.experiment import Experiment, load_experiment
+from rift_sweep.procedure.finetune_cache import finetune_key, load_finetune, save_finetune
+from rift_sweep.procedure.steps import alpha_by_rule, alpha_path, finetune
+
+CHECKPOINT_FILE = "trial_state.pt"
+
+
+# --- the search space and the searcher -------------------------------------------------------------------
+
+def search_space(config: SweepConfig, modules: list[str]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna distributions of the searched parameters; a module choice only when several modules compete."""
+    space = {}
+    for name, rng in config.search.space.items():
+        if name == "epochs":
+            space[name] = optuna.distributions.IntDistribution(int(rng.low), int(rng.high))
+        else:
+            space[name] = optuna.distributions.FloatDistribution(rng.low, rng.high, log=rng.log)
+    if len(modules) > 1:
+        space["module"] = optuna.distributions.CategoricalDistribution(modules)
+    return space
+
+
+def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
+    search = config.search
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=max(4, min(50, search.num_samples)))
+    return optuna.samplers.TPESampler(seed=search.seed, constant_liar=True)
+
+
+class MultiObjectiveOptunaSearch(OptunaSearch):
+    """OptunaSearch that also learns from each trial's α path.
+
+    Ray's add_evaluated_point passes `value=` to optuna.trial.create_trial, which fails for several objectives
+    ("must be real number, not list"); here the point is created with `values=` on the same distributions.
+    """
+
+    def add_evaluated_point(self, parameters: dict, value, error: bool = False, pruned: bool = False,
+                            intermediate_values=None) -> None:
+        if not isinstance(value, (list, tuple)):
+            return super().add_evaluated_point(parameters, value, error, pruned, intermediate_values)
+        trial = optuna.trial.create_trial(params=parameters, distributions=self._space, values=list(value),
+                                          state=optuna.trial.TrialState.COMPLETE)
+        self._ot_study.add_trial(trial)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result, error)
+        if error or not result or "alpha" not in self._space:
+            return
+        params = {k: result[k] for k in self._space if k != "alpha"}
+        alpha_range = self._space["alpha"]
+        for row in result.get("alpha_path", []):
+            if row["alpha"] != result["alpha"] and alpha_range.low <= row["alpha"] <= alpha_range.high:
+                self.add_evaluated_point({**params, "alpha": row["alpha"]}, [row[m] for m in self.metric])
+
+
+def make_searcher(config: SweepConfig, modules: list[str], history: optuna.Study | None = None) -> MultiObjectiveOptunaSearch:
+    """The searcher; `history` (an earlier study of this sweep) is copied in, so an extension starts informed."""
+    objectives = list(config.search.objectives)
+    searcher = MultiObjectiveOptunaSearch(space=search_space(config, modules), metric=objectives,
+                                          mode=["max"] * len(objectives), sampler=make_sampler(config))
+    for trial in history.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if history else ():
+        searcher.add_evaluated_point(trial.params, list(trial.values))
+    return searcher
+
+
+# --- the trial ------------------------------------------------------------------------------------------
+
+def trial_choice(config: SweepConfig, params: dict, modules: list[str]) -> tuple[str, FinetuneSettings, float | None]:
+    """(module, fine-tune settings, α or None) of a trial; unsearched parameters keep their configured values."""
+    settings = dataclasses.replace(config.finetune, lr=float(params.get("lr", config.finetune.lr)),
+                                   epochs=int(params.get("epochs", config.finetune.epochs)))
+    alpha = params.get("alpha")
+    return params.get("module", modules[0]), settings, None if alpha is None else float(alpha)
+
+
+def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val: dict) -> None:
+    """One Tune trial: fine-tune (or reuse), evaluate the α path on validation, report the trial's α."""
+    start = time.perf_counter()
+    exp = load_experiment(config)
+    module, settings, alpha = trial_choice(config, params, modules)
+    key = finetune_key(config, exp.checkpoint_sha256, module, settings)
+    cached = load_finetune(config, key)
+    reused = cached is not None
+    if cached is None:
+        cached = _finetune_and_evaluate(exp, module, settings, at_val)
+        save_finetune(config, key, cached)
+    path = cached["alpha_path"]
+    if alpha is None:  # α not searched: the paper's rule picks it from the validation path
+        alpha = alpha_by_rule(path, at_val, config.alpha.tolerance)
+    eval_start = time.perf_counter()
+    metrics = next((row for row in path if row["alpha"] == alpha), None)
+    if metrics is None:
+        metrics = exp.evaluate(interpolate_state(exp.at_state, cached["best_state"], alpha), "val")
+    eval_seconds = time.perf_counter() - eval_start + (0.0 if reused else cached["eval_seconds"])
+    tune.report({
+        **{k: v for k, v in metrics.items() if k != "alpha"},
+        "alpha": alpha, "lr": settings.lr, "epochs": settings.epochs, "module": module,
+        "finetune_key": key, "finetune_reused": reused, "best_epoch": cached["best_epoch"],
+        "alpha_path": path, "finetune_seconds": 0.0 if reused else cached["finetune_seconds"],
+        "eval_seconds": eval_seconds, "trial_seconds": time.perf_counter() - start, "pid": os.getpid(),
+    })
+
+
+def _finetune_and_evaluate(exp: Experiment, module: str, settings: FinetuneSettings, at_val: dict) -> dict:
+    """Fine-tune, then the α path, with a Tune checkpoint after every epoch and every α point: a retried or
+    resumed trial carries on where it stopped instead of starting again."""
+    saved = _restore_state()
+    state = FinetuneState(**saved["finetune"]) if saved else None
+    done = {row["alpha"]: row for row in (saved or {}).get("path", [])}
+    known = {**({0.0: at_val} if 0.0 in exp.config.alpha.grid else {}), **done}
+
+    def report_epoch(current: FinetuneState) -> None:
+        _checkpoint({"finetune": dataclasses.asdict(current), "path": []},
+                    {"epoch": current.epochs_done, "ft_val_acc": current.val_acc[-1]})
+
+    if state is not None and state.epochs_done == settings.epochs:  # killed during the α path: keep the fine-tune
+        result = FinetuneResult(state.best_state, state.best_epoch, list(state.val_acc), 0.0)
+    else:
+        result = finetune(exp, module, settings, resume=state, on_epoch=report_epoch)
+    trained = dataclasses.asdict(FinetuneState(settings.epochs, None, None, result.val_acc, result.best_epoch,
+                                               result.best_state))
+
+    def report_point(row: dict) -> None:
+        done[row["alpha"]] = row
+        _checkpoint({"finetune": trained, "path": list(done.values())}, {"alpha_points_done": len(done)})
+
+    eval_start = time.perf_counter()
+    path = alpha_path(exp, result.best_state, exp.config.alpha.grid, progress=False, known=known, on_point=report_point)
+    return {"best_state": result.best_state, "best_epoch": result.best_epoch, "val_acc": result.val_acc,
+            "alpha_path": path, "finetune_seconds": result.seconds, "eval_seconds": time.perf_counter() - eval_start,
+            "module": module}
+
+
+def _checkpoint(state: dict, metrics: dict) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
+        tune.report({**metrics, "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _restore_state() -> dict | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+# --- the driver -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SweepOutcome:
+    finished: int  # trials with a result
+    expected: int  # num_samples
+    modules: list[str]
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.finished >= self.expected
+
+
+def tune_paths(config: SweepConfig) -> list[Path]:
+    """Tune's folders of this sweep (Tune calls each an experiment), oldest first: `sweep`, then `sweep-2`, ...
+    when --resume --num-samples extended a finished sweep."""
+    root = config.output_path / names.TUNE_DIR
+    found = [p for p in root.glob(f"{names.TUNE_NAME}*") if p.is_dir()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.removeprefix(names.TUNE_NAME).lstrip("-") or 1))
+
+
+def run_sweep(config: SweepConfig, tracker, *, workers: int | None = None, progress: bool = True,
+              exp: Experiment | None = None) -> SweepOutcome:
+    """Stage 1 (or its cache), then the Tune + Optuna search until `search.num_samples` trials have finished;
+    Ray must be initialised. Carries on whatever an earlier call left: stage 1 from its cache, an interrupted
+    Tune experiment through Tuner.restore, and a finished one extended by a new experiment whose searcher
+    starts from the old study."""
+    from ray.tune import Tuner
+
+    from rift_sweep.orchestration.front import at_metrics
+    from rift_sweep.orchestration.mrc_pool import run_mrc_stage
+    from rift_sweep.orchestration.resources import worker_shape
+    from rift_sweep.orchestration.tracking import close_orphaned_runs
+    from rift_sweep.procedure.steps import choose_modules
+
+    start = time.perf_counter()
+    # Interim reports carry trial checkpoints, not the objectives: only the final report has them.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Each checkpoint forces an experiment snapshot (what a resume needs); Tune warns about every one.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    stage = run_mrc_stage(config, workers=workers, progress=progress, exp=exp)
+    modules = choose_modules([r["module"] for r in stage.rows], config.modules)
+    tracker.log_mrc(stage.rows, modules, stage.table_path)
+    at_val = at_metrics(tracker, "val")
+    shape = worker_shape()
+    trainable = tune.with_resources(
+        tune.with_parameters(rift_trial, config=config, modules=modules, at_val=at_val),
+        {"cpu": shape.num_cpus, "gpu": shape.num_gpus})
+    close_orphaned_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id)
+    paths = tune_paths(config)
+    if paths and Tuner.can_restore(str(paths[-1])):
+        grid = Tuner.restore(str(paths[-1]), trainable, resume_unfinished=True, resume_errored=False,
+                             restart_errored=False).fit()
+        if _stopped_early(grid, paths[-1]):
+            return SweepOutcome(finished_trials(tracker), config.search.num_samples, modules, time.perf_counter() - start)
+    finished = finished_trials(tracker)
+    if finished < config.search.num_samples:  # a new sweep, or more trials (or replacements) for a finished one
+        path = config.output_path / names.TUNE_DIR / (names.TUNE_NAME + (f"-{len(paths) + 1}" if paths else ""))
+        size = config.search.num_samples - finished
+        _segment_file(path).parent.mkdir(parents=True, exist_ok=True)
+        _segment_file(path).write_text(json.dumps({"num_samples": size}))
+        previous = _searcher_study(paths[-1]) if paths else None
+        _new_tuner(config, trainable, modules, path, size, shape.count, tracker, previous, progress).fit()
+        finished = finished_trials(tracker)
+    return SweepOutcome(finished, config.search.num_samples, modules, time.perf_counter() - start)
+
+
+def finished_trials(tracker) -> int:
+    """Trials with a result, across every Tune experiment of the sweep: its FINISHED MLflow child runs."""
+    from rift_sweep.orchestration.tracking import child_runs
+
+    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status="FINISHED")
+    return len({r.data.tags.get(names.TRIAL_TAG) for r in runs})
+
+
+def _segment_file(path: Path) -> Path:
+    return path.parent / f"{path.name}.json"
+
+
+def _stopped_early(grid, path: Path) -> bool:
+    """Ctrl-C or SIGTERM stopped the experiment before each of its trials ended (finished or failed)."""
+    size = json.loads(_segment_file(path).read_text())["num_samples"]
+    return grid.num_terminated + grid.num_errors < size
+
+
+def _new_tuner(config, trainable, modules, path: Path, num_samples: int, slots: int, tracker, previous, progress):
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+
+    from rift_sweep.orchestration.callbacks import MLflowTrialCallback
+
+    searcher = make_searcher(config, modules, history=previous)
+    return Tuner(
+        trainable,
+        tune_config=TuneConfig(num_samples=num_samples, search_alg=searcher,
+                               max_concurrent_trials=min(config.search.max_concurrent, slots)),
+        run_config=RunConfig(
+            name=path.name, storage_path=str(path.parent), verbose=1 if progress else 0,
+            failure_config=FailureConfig(max_failures=2), checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[MLflowTrialCallback(tracker.uri, tracker.experiment_id, tracker.parent_run_id, config.seed)],
+        ),
+    )
+
+
+def _searcher_study(path: Path) -> optuna.Study | None:
+    """The Optuna study a finished Tune experiment's searcher saved (Tune's own pickle, the newest)."""
+    import pickle
+
+    states = sorted(path.glob("searcher-state-*.pkl"))
+    if not states:
+        return None
+    with open(states[-1], "rb") as handle:
+        return pickle.load(handle)["_ot_study"]

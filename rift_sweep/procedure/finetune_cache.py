@@ -1,0 +1,36 @@
+"""Fine-tunes cached under a key of everything they (and their α path) depend on: a trial that asks for a
+fine-tune already made reuses it, and the front and `export` read the weights back from here."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from rift_sweep.config import SweepConfig
+from rift_sweep.core.files import atomic_write, content_key
+from rift_sweep.core.finetune import FinetuneSettings
+from rift_sweep.procedure.experiment import cache_dir
+
+
+def finetune_key(config: SweepConfig, checkpoint_sha256: str, module: str, settings: FinetuneSettings) -> str:
+    return content_key({"checkpoint": checkpoint_sha256, "model": dataclasses.asdict(config.model), "module": module,
+                        "finetune": dataclasses.asdict(settings), "seed": config.seed,
+                        "data": dataclasses.asdict(config.data), "attack": dataclasses.asdict(config.attack),
+                        "ood": dataclasses.asdict(config.ood), "alpha_grid": list(config.alpha.grid)})
+
+
+def finetune_path(config: SweepConfig, key: str) -> Path:
+    return cache_dir(config, "finetune") / f"{key}.pt"
+
+
+def load_finetune(config: SweepConfig, key: str) -> dict | None:
+    """{best_state, best_epoch, val_acc, alpha_path, finetune_seconds, eval_seconds, module}, or None."""
+    path = finetune_path(config, key)
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def save_finetune(config: SweepConfig, key: str, entry: dict) -> None:
+    with atomic_write(finetune_path(config, key)) as tmp:
+        torch.save(entry, tmp)

@@ -1,0 +1,44 @@
+"""The paper's procedure in one process (Zhu et al., ICCV 2023): MRC of every candidate module → the lowest →
+fine-tune it → evaluate the α path on validation → the paper's α rule → AT vs RiFT on the test split.
+
+This is the baseline the distributed sweep must beat. Every choice is made on validation data; the test
+split is touched only for the final report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rift_sweep.core.finetune import FinetuneResult
+from rift_sweep.core.interpolate import interpolate_state
+from rift_sweep.core.mrc import MRCResult
+from rift_sweep.procedure.experiment import Experiment, experiment_modules
+from rift_sweep.procedure.steps import alpha_by_rule, alpha_path, choose_modules, finetune, score_modules
+
+
+@dataclass
+class RiftReport:
+    mrc: list[MRCResult]  # ranked, lowest MRC first
+    module: str
+    finetune: FinetuneResult
+    at_val: dict[str, float]
+    path: list[dict[str, float]]  # validation metrics per α
+    alpha: float  # the rule's choice; 0.0 when no α keeps robustness (the AT model stands)
+    at_test: dict[str, float]
+    rift_test: dict[str, float]
+    ood_source: str | None  # "real" or "generated"
+
+
+def run_paper_procedure(exp: Experiment, *, progress: bool = True) -> RiftReport:
+    config = exp.config
+    ranked = score_modules(exp, experiment_modules(config, exp.model), progress=progress)
+    module = choose_modules([r.module for r in ranked], config.modules)[0]
+    finetuned = finetune(exp, module, config.finetune, progress=progress)
+    at_val = exp.evaluate(exp.at_state, "val")
+    path = alpha_path(exp, finetuned.best_state, config.alpha.grid, progress=progress, known={0.0: at_val})
+    alpha = alpha_by_rule(path, at_val, config.alpha.tolerance)
+    runs = config.attack.test_runs
+    at_test = exp.evaluate(exp.at_state, "test", runs=runs)
+    rift_test = exp.evaluate(interpolate_state(exp.at_state, finetuned.best_state, alpha), "test", runs=runs)
+    ood = exp.ood("test")
+    return RiftReport(ranked, module, finetuned, at_val, path, alpha, at_test, rift_test, ood.source if ood else None)

@@ -1,0 +1,117 @@
+"""Metrics on a small CNN trained here on scikit-learn's digits (fixtures in conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from rift_sweep.core.attacks import PGD, AdversarialSet, attack_split
+from rift_sweep.core.data import Split
+from rift_sweep.core.evaluate import accuracy, evaluate, loss_and_accuracy, ood_accuracy, robust_accuracy
+
+ATTACK = PGD(eps=0.1, step_size=0.025, steps=5)
+
+
+def noisy_copy(split: Split, sigma: float, seed: int) -> Split:
+    """Additive Gaussian noise, made by hand: a real corruption without depending on corruptions.py."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(split.x.shape, generator=generator) * sigma
+    return Split((split.x.float() + noise).round().clamp(0, 255).to(torch.uint8), split.y)
+
+
+@pytest.fixture(scope="module")
+def ood(digits):
+    from rift_sweep.core.corruptions import OODSet
+
+    sets = {
+        "gaussian_noise": noisy_copy(digits.test, 40.0, seed=1),
+        "heavy_noise": noisy_copy(digits.test, 120.0, seed=2),
+        "contrast": Split((digits.test.x.float() * 0.4).round().to(torch.uint8), digits.test.y),
+    }
+    return OODSet(source="generated", sets=sets, severities=(1,))
+
+
+def by_hand(model, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    with torch.no_grad():
+        logits = model(x)
+    return F.cross_entropy(logits, y).item(), 100 * (logits.argmax(1) == y).sum().item() / len(y)
+
+
+def test_accuracy_accepts_splits_adversarial_sets_and_pairs(digits, digits_model):
+    test = digits.test
+    x = test.x.float() / 255
+    _, expected = by_hand(digits_model, x, test.y)
+    assert expected > 80
+    assert accuracy(digits_model, test, batch_size=64) == pytest.approx(expected, abs=1e-9)
+    assert accuracy(digits_model, AdversarialSet(x, test.y), batch_size=50) == pytest.approx(expected, abs=1e-9)
+    assert accuracy(digits_model, (x, test.y)) == pytest.approx(expected, abs=1e-9)
+    assert accuracy(digits_model, (test.x, test.y)) == pytest.approx(expected, abs=1e-9)
+
+
+def test_loss_and_accuracy_over_a_float_set(digits, digits_model):
+    x, y = digits.val.x.float() / 255, digits.val.y
+    loss, acc = loss_and_accuracy(digits_model, x, y, batch_size=128, device="cpu")
+    expected_loss, expected_acc = by_hand(digits_model, x, y)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert acc == pytest.approx(expected_acc, abs=1e-9)
+
+
+def test_metrics_leave_the_model_mode_and_statistics_alone(digits, fresh_digits_model):
+    model = fresh_digits_model.train()
+    model.bn2.eval()
+    modes = [m.training for m in model.modules()]
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    evaluate(model, digits.test, pgd=ATTACK)
+    assert [m.training for m in model.modules()] == modes
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name
+
+
+def test_robust_accuracy_is_the_accuracy_on_the_attacked_split(digits, digits_model):
+    test = digits.test
+    robust = robust_accuracy(digits_model, test, ATTACK, batch_size=100, seed=5)
+    adversarial = attack_split(ATTACK, digits_model, test, 100, "cpu", torch.Generator().manual_seed(5))
+    assert robust == pytest.approx(accuracy(digits_model, adversarial), abs=1e-9)
+    assert robust < accuracy(digits_model, test) - 10
+
+
+def test_worst_of_three_runs_is_no_better_than_one(digits, digits_model):
+    one = robust_accuracy(digits_model, digits.test, ATTACK, runs=1, seed=0)
+    three = robust_accuracy(digits_model, digits.test, ATTACK, runs=3, seed=0)
+    later = [robust_accuracy(digits_model, digits.test, ATTACK, seed=s) for s in (1, 2)]
+    assert three <= one
+    assert three == min([one, *later])
+
+
+def test_ood_mean_is_the_mean_of_the_corruptions(digits, digits_model, ood):
+    mean, per_corruption = ood_accuracy(digits_model, ood, batch_size=100)
+    assert set(per_corruption) == {"gaussian_noise", "heavy_noise", "contrast"}
+    assert mean == pytest.approx(sum(per_corruption.values()) / 3, abs=1e-9)
+    for name, split in ood.sets.items():
+        assert per_corruption[name] == pytest.approx(accuracy(digits_model, split), abs=1e-9)
+    assert per_corruption["heavy_noise"] < per_corruption["gaussian_noise"]
+
+
+def test_evaluate_returns_the_documented_keys(digits, digits_model, ood):
+    assert set(evaluate(digits_model, digits.test)) == {"std_acc"}
+    assert set(evaluate(digits_model, digits.test, pgd=ATTACK)) == {"std_acc", "rob_acc"}
+    metrics = evaluate(digits_model, digits.test, pgd=ATTACK, ood=ood, runs=2, seed=3)
+    assert set(metrics) == {"std_acc", "rob_acc", "ood_acc", "ood/gaussian_noise", "ood/heavy_noise", "ood/contrast"}
+    assert metrics["std_acc"] == pytest.approx(accuracy(digits_model, digits.test), abs=1e-9)
+    worst_of_two = robust_accuracy(digits_model, digits.test, ATTACK, runs=2, seed=3)
+    assert metrics["rob_acc"] == pytest.approx(worst_of_two, abs=1e-9)
+    assert metrics["ood_acc"] == pytest.approx(ood_accuracy(digits_model, ood)[0], abs=1e-9)
+    assert all(0 <= value <= 100 for value in metrics.values())
+
+
+def test_bad_requests_raise_clear_errors(digits, digits_model):
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        robust_accuracy(digits_model, digits.test, ATTACK, runs=0)
+    empty = Split(digits.test.x[:0], digits.test.y[:0])
+    with pytest.raises(ValueError, match="empty"):
+        accuracy(digits_model, empty)
+    with pytest.raises(ValueError, match="batch_size"):
+        accuracy(digits_model, digits.test, batch_size=0)
+    with pytest.raises(ValueError, match=r"Split, an AdversarialSet or an \(x, y\) pair"):
+        accuracy(digits_model, digits.test.x)

@@ -1,0 +1,227 @@
+"""Stage 2 for real: Ray Tune + Optuna on a local Ray, MLflow on sqlite and over HTTP, the driver killed."""
+
+import glob
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.request
+from contextlib import closing
+
+import pytest
+import ray
+
+from rift_sweep import cli
+from rift_sweep.config import load_config
+from rift_sweep.core.selection import pareto_mask
+from rift_sweep.names import FINETUNE_REUSED_TAG, PARETO_TAG, PID_TAG, SWEEP_TAG, TRIAL_TAG
+from rift_sweep.orchestration.sweep import run_sweep, tune_paths
+from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+
+from conftest import free_port, wait_for, write_digits_config
+
+pytestmark = pytest.mark.slow
+
+SPACE = {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 1, "high": 3},
+         "alpha": {"low": 0.0, "high": 1.0}}
+
+
+def sweep_config(folder, checkpoint, *, num_samples=4, max_concurrent=2, space=SPACE, **overrides):
+    return write_digits_config(folder, checkpoint, search={"space": space, "num_samples": num_samples,
+                                                           "max_concurrent": max_concurrent}, **overrides)
+
+
+def children(tracker, status=None):
+    return child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status)
+
+
+def optuna_study(config):
+    states = glob.glob(str(tune_paths(config)[-1] / "searcher-state-*.pkl"))
+    with open(max(states), "rb") as handle:  # the newest by the timestamp in its name, as Tune restores
+        return pickle.load(handle)["_ot_study"]
+
+
+def assert_in_study(study, run):
+    """The trial's (params, values) reached Optuna as a COMPLETE trial."""
+    params = run.data.params
+    values = [run.data.metrics["std_acc"], run.data.metrics["rob_acc"]]
+
+    def same_point(trial):  # the searched parameters only: the others are fixed by the config
+        return all(float(params[k]) == pytest.approx(v) for k, v in trial.params.items())
+
+    matches = [t for t in study.trials if t.state.name == "COMPLETE" and same_point(t)]
+    assert any(t.values == pytest.approx(values) for t in matches), (dict(params), values)
+
+
+@pytest.fixture()
+def ray_shutdown():
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, digits_checkpoint):
+    folder = tmp_path_factory.mktemp("sweep")
+    path = sweep_config(folder, digits_checkpoint)
+    try:
+        assert cli.main(["sweep", "--config", str(path)]) == 0
+    finally:
+        ray.shutdown()
+    config = load_config(path)
+    return config, SweepTracker(config)
+
+
+def test_one_child_run_per_trial_with_params_metrics_and_alpha_path(finished_sweep):
+    config, tracker = finished_sweep
+    parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{SWEEP_TAG}` = '{config.name}'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    runs = children(tracker)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags[TRIAL_TAG] for r in runs}) == 4
+    for run in runs:
+        assert {"lr", "epochs", "alpha", "module", "seed"} <= set(run.data.params)
+        assert {"std_acc", "rob_acc", "ood_acc"} <= set(run.data.metrics)
+        history = tracker.client.get_metric_history(run.info.run_id, "path_std_acc")
+        assert len(history) == len(config.alpha.grid)  # every α point recorded
+
+
+def test_pareto_tags_equal_a_brute_force_front(finished_sweep):
+    _, tracker = finished_sweep
+    runs = children(tracker)
+    points = [(r.data.metrics["std_acc"], r.data.metrics["rob_acc"]) for r in runs]
+    brute = [not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points) for p in points]
+    assert [r.data.tags[PARETO_TAG] == "true" for r in runs] == brute == list(pareto_mask(points))
+    for run, on_front in zip(runs, brute):
+        assert ("test_std_acc" in run.data.metrics) == on_front  # only the front is evaluated on test
+
+
+def test_parent_run_holds_the_front_and_the_mrc_table(finished_sweep):
+    _, tracker = finished_sweep
+    parent = tracker.parent_run_id
+    top = {a.path for a in tracker.client.list_artifacts(parent)}
+    assert {"pareto.png", "front.md", "trials.parquet", "mrc", "config"} <= top
+    assert {"mrc/mrc.png"} <= {a.path for a in tracker.client.list_artifacts(parent, "mrc")}
+    metrics = tracker.client.get_run(parent).data.metrics
+    assert {"at_val_std_acc", "at_val_rob_acc", "at_test_std_acc", "at_test_rob_acc"} <= set(metrics)
+
+
+def test_every_trial_and_its_alpha_path_reached_optuna(finished_sweep):
+    config, tracker = finished_sweep
+    study = optuna_study(config)
+    for run in children(tracker):
+        assert_in_study(study, run)
+    # 4 trials + each fine-tune's other α points (3-point grid, 2 points besides the trial's own at most)
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) > 4
+
+
+def test_cached_finetunes_are_reused_over_a_real_mlflow_server(tmp_path, digits_checkpoint, ray_shutdown):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_for(lambda: urllib.request.urlopen(f"{uri}/health").status == 200, timeout=90)
+        only_alpha = {"alpha": {"low": 0.0, "high": 1.0}}  # lr and epochs fixed: one fine-tune serves all
+        path = sweep_config(tmp_path, digits_checkpoint, num_samples=3, max_concurrent=1, space=only_alpha)
+        assert cli.main(["sweep", "--config", str(path), "--tracking-uri", uri]) == 0
+        tracker = SweepTracker(load_config(path, {"tracking": {"uri": uri}}))
+        runs = children(tracker, "FINISHED")
+        assert len(runs) == 3
+        assert sorted(r.data.tags[FINETUNE_REUSED_TAG] for r in runs) == ["False", "True", "True"]
+        assert len(list((tmp_path / "out" / "cache" / "finetune").glob("*.pt"))) == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_sigkill_of_the_driver_then_resume_reaches_the_same_end_state(tmp_path, digits_checkpoint):
+    path = sweep_config(tmp_path, digits_checkpoint, num_samples=4, max_concurrent=1)
+    command = [sys.executable, "-m", "rift_sweep.cli", "sweep", "--config", str(path)]
+    log = open(tmp_path / "first.log", "w")
+    driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    config = load_config(path)
+    try:
+        wait_for(lambda: _finished_children(config) >= 1, timeout=300)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
+        driver.wait()
+    assert _finished_children(config) < 4
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    tracker = SweepTracker(config)
+    finished = children(tracker, "FINISHED")
+    assert len(finished) == 4
+    assert len({r.data.tags[TRIAL_TAG] for r in finished}) == 4
+    assert children(tracker, "RUNNING") == []
+    study = optuna_study(config)
+    for run in finished:
+        assert_in_study(study, run)
+    assert "Pareto front" in resumed.stdout
+
+
+def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path, digits_checkpoint, ray_shutdown):
+    slow = {"lr": {"low": 0.001, "high": 0.01, "log": True}, "alpha": {"low": 0.0, "high": 1.0}}
+    path = sweep_config(tmp_path, digits_checkpoint, num_samples=1, max_concurrent=1, space=slow,
+                        finetune={"epochs": 4, "batch_size": 4})
+    config = load_config(path)
+    ray.init(num_cpus=2, include_dashboard=False)
+    box = {}
+    tracker = SweepTracker(config)
+    thread = threading.Thread(target=lambda: box.update(outcome=run_sweep(config, tracker, progress=False)))
+    thread.start()
+    run = wait_for(lambda: _running_with_epoch(tracker), timeout=300)
+    killed = int(run.data.tags[PID_TAG])
+    os.kill(killed, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert box["outcome"].complete
+    [done] = children(tracker, "FINISHED")
+    epochs = [m.value for m in tracker.client.get_metric_history(done.info.run_id, "epoch")]
+    assert epochs.count(1.0) == 1 and max(epochs) == 4  # carried on from the checkpoint, not from scratch
+    assert int(done.data.tags[PID_TAG]) != killed
+    assert_in_study(optuna_study(config), done)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"search": {"sampler": "grid"}}, "config.search.sampler"),
+    ({"search": {"space": {}}}, "space is empty"),
+    ({"search": {"space": {"lr": {"low": 0.1, "high": 0.01}}}}, "low \\(0.1\\) must be < high"),
+    ({"search": {"space": {"alpha": {"low": -0.5, "high": 1.0}}}}, "alpha must lie within"),
+    ({"modules": {"choice": "named", "name": "layer2.1.conv2"}}, "not a candidate module of small_cnn"),
+    ({"search": {"num_samples": 0}}, "num_samples must be >= 1"),
+])
+def test_bad_configs_are_refused_before_ray_starts(tmp_path, digits_checkpoint, capsys, override, message):
+    path = write_digits_config(tmp_path, digits_checkpoint, **override)
+    assert cli.main(["sweep", "--config", str(path)]) == 2
+    assert not ray.is_initialized()
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+def _finished_children(config) -> int:
+    """A read-only look at the store: an MLflow client would race the driver's own schema migration."""
+    db = config.output_path / "mlflow.db"
+    if not db.exists():
+        return 0
+    query = ("SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+             "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'")
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            return connection.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+def _running_with_epoch(tracker):
+    for run in children(tracker, "RUNNING"):
+        if PID_TAG in run.data.tags and run.data.metrics.get("epoch", 0) >= 1:
+            return run
+    return None
+
+
