@@ -51,8 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.batch} images of "
-          f"3x{args.size}x{args.size} per corruption and severity")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.batch} images of "
+        f"3x{args.size}x{args.size} per corruption and severity"
+    )
 
     x = sample_images(args.batch, args.size)
     cost = {}
@@ -63,21 +65,29 @@ def main() -> None:
     per_corruption = sum(cost.values()) / len(cost)
     ten = args.images * 10 * per_corruption
     every = args.images * sum(cost.values())
-    print(f"estimate: {args.images} images x 10 corruptions x 5 severities = {ten:.0f} s ({ten / 60:.1f} min), "
-          f"{args.images * 50 / ten:.0f} corrupted images/s")
-    print(f"estimate: {args.images} images x all {len(cost)} corruptions x 5 severities = {every:.0f} s "
-          f"({every / 60:.1f} min)")
+    print(
+        f"estimate: {args.images} images x 10 corruptions x 5 severities = {ten:.0f} s ({ten / 60:.1f} min), "
+        f"{args.images * 50 / ten:.0f} corrupted images/s"
+    )
+    print(
+        f"estimate: {args.images} images x all {len(cost)} corruptions x 5 severities = {every:.0f} s "
+        f"({every / 60:.1f} min)"
+    )
 
     if args.end_to_end:
-        split = Split((sample_images(args.end_to_end, args.size) * 255).round().to(torch.uint8),
-                      torch.zeros(args.end_to_end, dtype=torch.int64))
+        split = Split(
+            (sample_images(args.end_to_end, args.size) * 255).round().to(torch.uint8),
+            torch.zeros(args.end_to_end, dtype=torch.int64),
+        )
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
             generate_c(split, cache, dataset="bench", corruptions=list(CORRUPTIONS))
             elapsed = time.perf_counter() - start
         made = args.end_to_end * len(CORRUPTIONS) * len(SEVERITIES)
-        print(f"end to end (generate_c, {args.end_to_end} images x {len(CORRUPTIONS)} corruptions x 5 severities, "
-              f"written as .npy): {elapsed:.1f} s, {made / elapsed:.0f} corrupted images/s")
+        print(
+            f"end to end (generate_c, {args.end_to_end} images x {len(CORRUPTIONS)} corruptions x 5 severities, "
+            f"written as .npy): {elapsed:.1f} s, {made / elapsed:.0f} corrupted images/s"
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def time_modules(model, adversarial, settings, device) -> list[tuple[str, float,
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    cpu = next(
+        (l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()
+    )
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{cpu}; {gpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
@@ -59,8 +61,10 @@ def main() -> None:
 
     print(f"machine: {machine()}\n")
     print(f"demo small_cnn: adversarial set of {len(adversarial)} built once in {build:.1f} s\n")
-    for title, rows in ((f"demo small_cnn ({len(adversarial)} examples, {exp.config.mrc.epochs} epochs, paper)", demo),
-                        (f"CIFAR ResNet-18 ({n} images, {args.resnet_epochs} epoch(s), reference)", cifar)):
+    for title, rows in (
+        (f"demo small_cnn ({len(adversarial)} examples, {exp.config.mrc.epochs} epochs, paper)", demo),
+        (f"CIFAR ResNet-18 ({n} images, {args.resnet_epochs} epoch(s), reference)", cifar),
+    ):
         print(f"### {title}\n\n| module | seconds | epochs run |\n|---|---|---|")
         for name, seconds, epochs in rows:
             print(f"| {name} | {seconds:.2f} | {epochs} |")

@@ -115,10 +115,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per attack (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--models", nargs="+", default=[case.model_name for case in CASES],
-                        choices=[case.model_name for case in CASES], help="which models to time")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); on a busy "
-                        "machine 1 thread avoids OpenMP threads waiting on each other")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[case.model_name for case in CASES],
+        choices=[case.model_name for case in CASES],
+        help="which models to time",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice); on a busy "
+        "machine 1 thread avoids OpenMP threads waiting on each other",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -34,8 +34,10 @@ PAPER = {"lr": 0.001, "epochs": 10, "grid": [i / 10 for i in range(11)]}
 
 def sweep_points(config, tracker) -> tuple[list, list]:
     """(fine-tunes in run order as (epochs, α-path points), trial timing rows)."""
-    runs = sorted(child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, "FINISHED"),
-                  key=lambda r: r.info.start_time)
+    runs = sorted(
+        child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, "FINISHED"),
+        key=lambda r: r.info.start_time,
+    )
     finetunes, seen, timing = [], set(), []
     for run in runs:
         m, key = run.data.metrics, run.data.tags[FINETUNE_KEY_TAG]
@@ -48,7 +50,9 @@ def sweep_points(config, tracker) -> tuple[list, list]:
 
 
 def paper_points(config, module: str) -> tuple[list, float]:
-    exp = load_experiment(dataclasses.replace(config, alpha=dataclasses.replace(config.alpha, grid=tuple(PAPER["grid"]))))
+    exp = load_experiment(
+        dataclasses.replace(config, alpha=dataclasses.replace(config.alpha, grid=tuple(PAPER["grid"])))
+    )
     start = time.perf_counter()
     settings = dataclasses.replace(config.finetune, lr=PAPER["lr"], epochs=PAPER["epochs"])
     result = finetune(exp, module, settings)
@@ -61,8 +65,10 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config("search_spaces/demo.yaml", {"output_dir": str(Path(tmp) / "out"),
-                                                         "search": {"num_samples": args.num_samples}})
+        config = load_config(
+            "search_spaces/demo.yaml",
+            {"output_dir": str(Path(tmp) / "out"), "search": {"num_samples": args.num_samples}},
+        )
         ray.init(include_dashboard=False, log_to_driver=False)
         start = time.perf_counter()
         stage = run_mrc_stage(config, progress=False)
@@ -86,8 +92,10 @@ def main() -> None:
             break
         budget += epochs
         within += path
-    print(f"demo sweep: {len(timing)} trials, {len(finetunes)} fine-tunes ({sum(e for e, _ in finetunes)} epochs), "
-          f"{slots} concurrent\n")
+    print(
+        f"demo sweep: {len(timing)} trials, {len(finetunes)} fine-tunes ({sum(e for e, _ in finetunes)} epochs), "
+        f"{slots} concurrent\n"
+    )
     print("| figure | value |\n|---|---|")
     print(f"| wall time, stage 1 (fresh) | {mrc_seconds:.0f} s |")
     print(f"| wall time, run_sweep (cached stage 1 + AT baseline + trials) | {phase:.0f} s |")
@@ -95,9 +103,13 @@ def main() -> None:
     print(f"| useful share inside trials (fine-tune + eval) / trial time | {useful / in_trials:.0%} |")
     print(f"| useful share of the run_sweep wall x {slots} slots | {useful / (phase * slots):.0%} |")
     print(f"| hypervolume, sweep, all {len(all_points)} α points | {hypervolume_2d(all_points):.1f} |")
-    print(f"| hypervolume, sweep, fine-tunes within {PAPER['epochs']} epochs ({budget} used, {len(within)} points) "
-          f"| {hypervolume_2d(within):.1f} |")
-    print(f"| hypervolume, paper procedure (lr 0.001, 10 epochs, 11 α; {paper_seconds:.0f} s) | {hypervolume_2d(paper):.1f} |")
+    print(
+        f"| hypervolume, sweep, fine-tunes within {PAPER['epochs']} epochs ({budget} used, {len(within)} points) "
+        f"| {hypervolume_2d(within):.1f} |"
+    )
+    print(
+        f"| hypervolume, paper procedure (lr 0.001, 10 epochs, 11 α; {paper_seconds:.0f} s) | {hypervolume_2d(paper):.1f} |"
+    )
 
 
 if __name__ == "__main__":

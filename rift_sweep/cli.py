@@ -15,8 +15,10 @@ from rift_sweep.core.errors import InputError
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.handler(args) or 0
     except InputError as exc:  # something the user can fix; anything else is a bug and keeps its traceback
@@ -35,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(train)
     train.add_argument("--out", required=True, type=Path, help="where to write the AT checkpoint")
     train.add_argument("--epochs", type=int, help="override adversarial_training.epochs")
-    train.add_argument("--train-subset", type=int,
-                       help="training examples to use (default: the whole training split, not data.train_subset)")
+    train.add_argument(
+        "--train-subset",
+        type=int,
+        help="training examples to use (default: the whole training split, not data.train_subset)",
+    )
 
     rift = _command(commands, "rift", cmd_rift, "the paper's procedure in one process: MRC, fine-tune, α rule, report")
     _add_config(rift)
@@ -48,10 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = _command(commands, "sweep", cmd_sweep, "stage 1 + the Tune/Optuna sweep + the Pareto front, in MLflow")
     _add_config(sweep)
     _add_ray(sweep)
-    sweep.add_argument("--resume", action="store_true",
-                       help="carry on an interrupted sweep from wherever it stopped (nothing is redone)")
-    sweep.add_argument("--num-samples", type=int,
-                       help="override search.num_samples; with --resume, a larger N adds trials to a finished sweep")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="carry on an interrupted sweep from wherever it stopped (nothing is redone)",
+    )
+    sweep.add_argument(
+        "--num-samples",
+        type=int,
+        help="override search.num_samples; with --resume, a larger N adds trials to a finished sweep",
+    )
     sweep.add_argument("--tracking-uri", help="override tracking.uri (e.g. http://127.0.0.1:5000)")
 
     report = _command(commands, "report", cmd_report, "the Pareto front of a sweep: table, test metrics, where to look")
@@ -88,8 +99,13 @@ def _add_ray(parser: argparse.ArgumentParser) -> None:
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="a YAML file, e.g. search_spaces/demo.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override any config field, typed and checked like the file (e.g. attack.eps=0.03)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any config field, typed and checked like the file (e.g. attack.eps=0.03)",
+    )
     parser.add_argument("--checkpoint", help="override model.checkpoint")
     parser.add_argument("--output", help="override output_dir")
 
@@ -111,8 +127,10 @@ def cmd_train_at(args: argparse.Namespace) -> int:
         extra["adversarial_training"] = {"epochs": args.epochs}
     result = train_at_checkpoint(config_from_args(args, extra), args.out)
     for row in result.history:
-        print(f"epoch {row['epoch']:>3}  lr {row['lr']:.4f}  loss {row['train_loss']:.3f}  "
-              f"val std {row['std_acc']:.2f}  val rob {row['rob_acc']:.2f}  {row['seconds']:.0f}s")
+        print(
+            f"epoch {row['epoch']:>3}  lr {row['lr']:.4f}  loss {row['train_loss']:.3f}  "
+            f"val std {row['std_acc']:.2f}  val rob {row['rob_acc']:.2f}  {row['seconds']:.0f}s"
+        )
     best = result.history[result.best_epoch - 1]
     print(f"best epoch {result.best_epoch} (val rob {best['rob_acc']:.2f}) saved to {args.out}")
     return 0
@@ -131,11 +149,14 @@ def cmd_mrc(args: argparse.Namespace) -> int:
     from rift_sweep.orchestration.launch import launch_mrc
     from rift_sweep.procedure.tables import format_mrc_table
 
-    stage, chosen, tracker = launch_mrc(config_from_args(args), workers=args.workers, address=args.address,
-                                        gpus=args.gpus)
+    stage, chosen, tracker = launch_mrc(
+        config_from_args(args), workers=args.workers, address=args.address, gpus=args.gpus
+    )
     print(format_mrc_table(stage.rows, chosen))
-    print(f"\n{len(stage.computed)} module(s) computed, {len(stage.rows) - len(stage.computed)} from the cache "
-          f"({stage.seconds:.1f} s); table: {stage.table_path}")
+    print(
+        f"\n{len(stage.computed)} module(s) computed, {len(stage.rows) - len(stage.computed)} from the cache "
+        f"({stage.seconds:.1f} s); table: {stage.table_path}"
+    )
     print(f"MLflow: parent run {tracker.parent_run_id}; {tracker.ui_hint()}")
     return 0
 
@@ -150,12 +171,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         extra["search"] = {"num_samples": args.num_samples}
     if args.tracking_uri:
         extra["tracking"] = {"uri": args.tracking_uri}
-    result = launch_sweep(config_from_args(args, extra), resume=args.resume, num_samples=args.num_samples,
-                          workers=args.workers, address=args.address, gpus=args.gpus, progress=True)
+    result = launch_sweep(
+        config_from_args(args, extra),
+        resume=args.resume,
+        num_samples=args.num_samples,
+        workers=args.workers,
+        address=args.address,
+        gpus=args.gpus,
+        progress=True,
+    )
     outcome = result.outcome
     if result.report is None:
-        print(f"sweep stopped with {outcome.finished} of {outcome.expected} trials finished; carry on with:\n"
-              f"  rift-sweep sweep --config {args.config} --resume --output {result.config.output_path}")
+        print(
+            f"sweep stopped with {outcome.finished} of {outcome.expected} trials finished; carry on with:\n"
+            f"  rift-sweep sweep --config {args.config} --resume --output {result.config.output_path}"
+        )
         return 3
     print(format_front(result.report))
     print(f"\n{outcome.finished} trials in {outcome.seconds:.0f} s; fine-tuned module(s): {', '.join(outcome.modules)}")
@@ -184,14 +214,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
     tracker = SweepTracker(config, create=False)
     if tracker.parent_run_id is None:
         raise InputError(f"no sweep {config.name!r} in the store {tracker.uri}; run `rift-sweep sweep` first")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracker.uri,
-               "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracker.uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     if tracker.uri.startswith("sqlite:///"):
         command += ["--default-artifact-root", (config.output_path / names.MLFLOW_ARTIFACTS).as_uri()]
     runs = f"http://{args.host}:{args.port}/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
     print(f"MLflow UI: {runs}", flush=True)
-    print(f"  the sweep's runs: parent run {tracker.parent_run_id}; Pareto trials: filter {names.PARETO_FILTER}",
-          flush=True)
+    print(
+        f"  the sweep's runs: parent run {tracker.parent_run_id}; Pareto trials: filter {names.PARETO_FILTER}",
+        flush=True,
+    )
     # The server replaces this process, so Ctrl-C and SIGTERM reach it directly. Its GenAI job runner is off:
     # the UI needs none of it, and it would start extra processes.
     os.execve(sys.executable, command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
@@ -204,8 +248,9 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     folder = Path(args.output or f"runs/{args.sweep}").resolve()
     path = folder / names.RESOLVED_CONFIG
     if not path.is_file():
-        raise InputError(f"no sweep named {args.sweep!r} at {folder} (looked for {path}); "
-                         "pass --output FOLDER or --config FILE")
+        raise InputError(
+            f"no sweep named {args.sweep!r} at {folder} (looked for {path}); pass --output FOLDER or --config FILE"
+        )
     return load_config(path, assignments=args.set)
 
 

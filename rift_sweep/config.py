@@ -146,8 +146,9 @@ SEARCHABLE = ("lr", "epochs", "alpha")
 
 @dataclass(frozen=True)
 class SearchConfig:
-    space: dict[str, Range] = field(default_factory=lambda: {
-        "lr": Range(1e-4, 1e-1, log=True), "epochs": Range(1, 10), "alpha": Range(0.0, 1.0)})
+    space: dict[str, Range] = field(
+        default_factory=lambda: {"lr": Range(1e-4, 1e-1, log=True), "epochs": Range(1, 10), "alpha": Range(0.0, 1.0)}
+    )
     num_samples: int = 16
     max_concurrent: int = 2
     sampler: Literal["tpe", "nsga2"] = "tpe"
@@ -156,7 +157,9 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if not self.space:
-            raise ValueError(f"space is empty; give at least one of {list(SEARCHABLE)}, e.g. lr: {{low: 1.0e-4, high: 0.1, log: true}}")
+            raise ValueError(
+                f"space is empty; give at least one of {list(SEARCHABLE)}, e.g. lr: {{low: 1.0e-4, high: 0.1, log: true}}"
+            )
         unknown = sorted(set(self.space) - set(SEARCHABLE))
         if unknown:
             raise ValueError(f"space has unknown parameter(s) {unknown}; searchable: {list(SEARCHABLE)}")
@@ -171,7 +174,9 @@ class SearchConfig:
         if self.max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1; got {self.max_concurrent}")
         if len(set(self.objectives)) != len(self.objectives) or not {"std_acc", "rob_acc"} <= set(self.objectives):
-            raise ValueError(f"objectives must include std_acc and rob_acc once each (ood_acc optional); got {list(self.objectives)}")
+            raise ValueError(
+                f"objectives must include std_acc and rob_acc once each (ood_acc optional); got {list(self.objectives)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,10 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.fullmatch(self.name):
-            raise ValueError(f"name {self.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder "
-                             f"and MLflow runs), e.g. cifar10-resnet18")
+            raise ValueError(
+                f"name {self.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder "
+                f"and MLflow runs), e.g. cifar10-resnet18"
+            )
         if OOD_ACC in self.search.objectives and not self.ood.enabled:
             raise ValueError("search.objectives holds ood_acc but ood.enabled is false: enable ood or drop ood_acc")
 
@@ -295,8 +302,11 @@ def build(cls: type, raw: object, where: str):
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {_field_names(cls)}")
-    missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{where}: missing required field(s) {missing}")
     hints = typing.get_type_hints(cls)
@@ -349,7 +359,9 @@ def _field_names(cls: type) -> list[str]:
 def _merge(base: dict, extra: dict) -> dict:
     merged = dict(base)
     for key, value in extra.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -363,6 +375,7 @@ def _absolute_paths(raw: dict, folder: Path) -> None:
 
 def _resolve_paths(config: SweepConfig) -> SweepConfig:
     """Command-line paths (already absolute or relative to the working directory) and the output folder."""
+
     def resolve(p: str | None) -> str | None:
         return None if p is None else str(Path(p).expanduser().resolve())
 

@@ -19,8 +19,9 @@ def train_small_cnn(splits, epochs: int = 4, seed: int = 0) -> torch.nn.Module:
     """A few epochs of plain SGD: enough for ~90% clean accuracy on digits."""
     torch.manual_seed(seed)
     info = splits.info
-    model = build_model("small_cnn", num_classes=info.num_classes, in_channels=info.image_shape[0],
-                        mean=info.mean, std=info.std)
+    model = build_model(
+        "small_cnn", num_classes=info.num_classes, in_channels=info.image_shape[0], mean=info.mean, std=info.std
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x = splits.train.x.float() / 255
     y = splits.train.y
@@ -59,8 +60,11 @@ DIGITS_CONFIG = {
     "data": {"dataset": "digits", "val_size": 300},
     "model": {"name": "small_cnn"},
     "attack": {"eps": 0.1, "step_size": 0.025, "steps": 5, "test_runs": 1},
-    "ood": {"corruptions": ["gaussian_noise", "defocus_blur", "fog", "contrast"], "severities": [1, 3, 5],
-            "per_corruption": 100},
+    "ood": {
+        "corruptions": ["gaussian_noise", "defocus_blur", "fog", "contrast"],
+        "severities": [1, 3, 5],
+        "per_corruption": 100,
+    },
     "mrc": {"examples": 300, "epochs": 3, "batch_size": 64},
     "finetune": {"lr": 0.01, "epochs": 2, "batch_size": 64},
     "alpha": {"grid": [0.0, 0.5, 1.0]},

@@ -39,22 +39,25 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     assert config.search.space["lr"].log
 
 
-@pytest.mark.parametrize("raw,field", [
-    (with_(search={"sampler": "random-forest"}), "config.search.sampler"),
-    (with_(search={"space": {}}), "space is empty"),
-    (with_(search={"space": {"lr": {"low": 0.1, "high": 0.001, "log": True}}}), "low \\(0.1\\) must be < high"),
-    (with_(search={"space": {"alpha": {"low": 0.0, "high": 1.5}}}), "alpha must lie within \\[0, 1\\]"),
-    (with_(search={"space": {"momentum": {"low": 0.1, "high": 0.9}}}), "unknown parameter"),
-    (with_(search={"num_samples": 0}), "num_samples must be >= 1"),
-    (with_(alpha={"grid": [0.0, 1.2]}), "grid values must lie in \\[0, 1\\]"),
-    (with_(attack={"eps": 0.0}), "config.attack.*eps"),
-    (with_(attack={"eps": "big"}), "config.attack.eps must be float"),
-    (with_(mrc={"epsilon": -0.1}), "config.mrc.*epsilon"),
-    (with_(finetune={"bn": "train"}), "config.finetune.*bn"),
-    (with_(modules={"choice": "named"}), "needs `name`"),
-    (with_(data={"datset": "digits"}), "unknown field\\(s\\) \\['datset'\\]"),
-    (with_(model={"checkpoint": "x.pt"}), "config.model: missing required field\\(s\\) \\['name'\\]"),
-])
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        (with_(search={"sampler": "random-forest"}), "config.search.sampler"),
+        (with_(search={"space": {}}), "space is empty"),
+        (with_(search={"space": {"lr": {"low": 0.1, "high": 0.001, "log": True}}}), "low \\(0.1\\) must be < high"),
+        (with_(search={"space": {"alpha": {"low": 0.0, "high": 1.5}}}), "alpha must lie within \\[0, 1\\]"),
+        (with_(search={"space": {"momentum": {"low": 0.1, "high": 0.9}}}), "unknown parameter"),
+        (with_(search={"num_samples": 0}), "num_samples must be >= 1"),
+        (with_(alpha={"grid": [0.0, 1.2]}), "grid values must lie in \\[0, 1\\]"),
+        (with_(attack={"eps": 0.0}), "config.attack.*eps"),
+        (with_(attack={"eps": "big"}), "config.attack.eps must be float"),
+        (with_(mrc={"epsilon": -0.1}), "config.mrc.*epsilon"),
+        (with_(finetune={"bn": "train"}), "config.finetune.*bn"),
+        (with_(modules={"choice": "named"}), "needs `name`"),
+        (with_(data={"datset": "digits"}), "unknown field\\(s\\) \\['datset'\\]"),
+        (with_(model={"checkpoint": "x.pt"}), "config.model: missing required field\\(s\\) \\['name'\\]"),
+    ],
+)
 def test_bad_configs_name_the_field(tmp_path, raw, field):
     with pytest.raises(ConfigError, match=field):
         load_config(write(tmp_path, raw))
@@ -83,10 +86,12 @@ def test_overrides_merge_into_sections(tmp_path):
 
 def test_a_config_builds_on_bases_with_paths_relative_to_each_file(tmp_path):
     (tmp_path / "bases").mkdir()
-    (tmp_path / "bases" / "common.yaml").write_text(yaml.safe_dump(
-        {"data": {"dataset": "digits", "root": "../data"}, "search": {"num_samples": 5, "seed": 3}}))
-    path = write(tmp_path, {"defaults": ["bases/common.yaml"], "name": "t", "model": BASE["model"],
-                            "search": {"num_samples": 7}})
+    (tmp_path / "bases" / "common.yaml").write_text(
+        yaml.safe_dump({"data": {"dataset": "digits", "root": "../data"}, "search": {"num_samples": 5, "seed": 3}})
+    )
+    path = write(
+        tmp_path, {"defaults": ["bases/common.yaml"], "name": "t", "model": BASE["model"], "search": {"num_samples": 7}}
+    )
     config = load_config(path)
     assert config.search.num_samples == 7 and config.search.seed == 3  # the file wins; the rest comes from the base
     assert config.data.root == str(tmp_path / "data")  # relative to the base's folder, not the config's
@@ -101,8 +106,9 @@ def test_bases_that_include_themselves_are_refused(tmp_path):
 
 def test_set_overrides_any_field_typed_and_checked(tmp_path):
     path = write(tmp_path, BASE)
-    config = load_config(path, assignments=["attack.eps=0.03", "search.num_samples=32", "ood.enabled=false",
-                                            "alpha.grid=[0, 0.5, 1]"])
+    config = load_config(
+        path, assignments=["attack.eps=0.03", "search.num_samples=32", "ood.enabled=false", "alpha.grid=[0, 0.5, 1]"]
+    )
     assert config.attack.eps == 0.03 and config.search.num_samples == 32 and not config.ood.enabled
     assert config.alpha.grid == (0.0, 0.5, 1.0)
     with pytest.raises(ConfigError, match="config.attack.eps must be float"):
@@ -116,21 +122,27 @@ def test_set_overrides_any_field_typed_and_checked(tmp_path):
 def test_the_resolved_config_round_trips(tmp_path):
     from rift_sweep.config import save_resolved_config
 
-    config = load_config(write(tmp_path, with_(search={"num_samples": 3})), {"output_dir": str(tmp_path / "o")},
-                         ["attack.eps=0.05"])
+    config = load_config(
+        write(tmp_path, with_(search={"num_samples": 3})), {"output_dir": str(tmp_path / "o")}, ["attack.eps=0.05"]
+    )
     saved = save_resolved_config(config)
     again = load_config(saved)
     assert dataclasses.replace(again, source=None) == dataclasses.replace(config, source=None)
 
 
-@pytest.mark.parametrize("raw,message", [
-    (with_(search={"objectives": ["std_acc", "rob_acc", "ood_acc"]}, ood={"enabled": False}),
-     "objectives holds ood_acc but ood.enabled is false"),
-    (with_(name="it's"), "may hold only letters"),
-    (with_(data={"dataset": "imagenet-21k"}), "dataset 'imagenet-21k' is unknown"),
-    (with_(model={"name": "vit"}), "name 'vit' is not a built-in model"),
-    (with_(data={"dataset": "digits", "val_size": 1.5}), "val_size must be"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (
+            with_(search={"objectives": ["std_acc", "rob_acc", "ood_acc"]}, ood={"enabled": False}),
+            "objectives holds ood_acc but ood.enabled is false",
+        ),
+        (with_(name="it's"), "may hold only letters"),
+        (with_(data={"dataset": "imagenet-21k"}), "dataset 'imagenet-21k' is unknown"),
+        (with_(model={"name": "vit"}), "name 'vit' is not a built-in model"),
+        (with_(data={"dataset": "digits", "val_size": 1.5}), "val_size must be"),
+    ],
+)
 def test_rules_across_fields_are_checked_at_load(tmp_path, raw, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, raw))

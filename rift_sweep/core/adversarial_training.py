@@ -65,17 +65,22 @@ def adversarial_train(
     progress: bool = True,
 ) -> ATResult:
     """Train `model` (on `device`) on PGD examples; keep the epoch with the best validation robust accuracy."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
     generator = torch.Generator().manual_seed(seed)
     history, best_state, best_epoch = [], None, 0
     for epoch in tqdm(range(settings.epochs), desc="adversarial training", disable=not progress):
         start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(epoch)
-        train_loss = _train_one_epoch(model, optimizer, train, settings, attack, augment, crop_padding, generator, device)
+        train_loss = _train_one_epoch(
+            model, optimizer, train, settings, attack, augment, crop_padding, generator, device
+        )
         row = {
-            "epoch": epoch + 1, "lr": settings.lr_at(epoch), "train_loss": train_loss,
+            "epoch": epoch + 1,
+            "lr": settings.lr_at(epoch),
+            "train_loss": train_loss,
             "std_acc": accuracy(model, val, device=device),
             "rob_acc": robust_accuracy(model, val, attack, device=device, seed=seed),
             "seconds": time.perf_counter() - start,
@@ -90,8 +95,15 @@ def adversarial_train(
 
 def _train_one_epoch(model, optimizer, train, settings, attack, augment, crop_padding, generator, device) -> float:
     total, count = 0.0, 0
-    for x, y in iterate_batches(train, settings.batch_size, shuffle=True, augment=augment,
-                                crop_padding=crop_padding, generator=generator, device=device):
+    for x, y in iterate_batches(
+        train,
+        settings.batch_size,
+        shuffle=True,
+        augment=augment,
+        crop_padding=crop_padding,
+        generator=generator,
+        device=device,
+    ):
         x_adv = attack.perturb(model, x, y, generator=generator)
         model.train()
         loss = nn.functional.cross_entropy(model(x_adv), y)

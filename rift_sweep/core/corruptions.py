@@ -68,11 +68,13 @@ GLASS_BLUR = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)
 MOTION_BLUR = ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5))  # ImageMagick radius, sigma (px)
 ZOOM_BLUR_FACTORS = (7, 12, 16, 21, 26)  # number of zoom factors 1.00, 1.01, ... averaged (the reference's arange)
 # snow: flake mean, flake std, flake zoom, flake threshold, motion radius, motion sigma, image kept
-SNOW = ((0.1, 0.2, 1.0, 0.6, 8, 3, 0.95),
-        (0.1, 0.2, 1.0, 0.5, 10, 4, 0.9),
-        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))
+SNOW = (
+    (0.1, 0.2, 1.0, 0.6, 8, 3, 0.95),
+    (0.1, 0.2, 1.0, 0.5, 10, 4, 0.9),
+    (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+    (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+    (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+)
 FOG = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))  # fog strength, fractal roughness decay
 BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to HSV value
 CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.15)  # factor on the deviation from the per-channel mean
@@ -85,6 +87,7 @@ Corruption = Callable[[Tensor, int, "torch.Generator | None"], Tensor]
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _param(table: Sequence, severity: int):
     if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
@@ -100,14 +103,21 @@ def _draw_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Generator | None,
-             device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+def _uniform(
+    shape: Sequence[int],
+    low: float,
+    high: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     u = torch.rand(tuple(shape), generator=generator, device=_draw_device(generator), dtype=dtype)
     return (low + (high - low) * u).to(device)
 
 
-def _normal(shape: Sequence[int], mean: float, std: float, generator: torch.Generator | None,
-            device: torch.device) -> Tensor:
+def _normal(
+    shape: Sequence[int], mean: float, std: float, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     z = torch.randn(tuple(shape), generator=generator, device=_draw_device(generator))
     return (mean + std * z).to(device)
 
@@ -138,7 +148,7 @@ def _gaussian_blur(x: Tensor, sigma: float, *, truncate: float = 4.0, pad_mode: 
     if sigma <= 0 or radius == 0:
         return x
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-t**2 / (2 * sigma**2))
+    k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     x = _depthwise(x, k[None, :], (radius, radius, 0, 0), pad_mode)
     return _depthwise(x, k[:, None], (0, 0, radius, radius), pad_mode)
@@ -176,7 +186,7 @@ def _motion_blur(x: Tensor, radius: float, sigma: float, angles_deg: Tensor) -> 
     offsets rounded to whole pixels, pixels past the border repeat the edge."""
     n, _, h, w = x.shape
     taps = torch.arange(2 * math.ceil(radius) + 1, dtype=torch.float64)
-    weights = torch.exp(-taps**2 / (2 * sigma**2))
+    weights = torch.exp(-(taps**2) / (2 * sigma**2))
     weights = weights / weights.sum()
     theta = torch.deg2rad(angles_deg.to(torch.float64, copy=True).cpu())[:, None]
     dx = torch.ceil(taps * torch.cos(theta) - 0.5).long()  # [n, taps] column offsets
@@ -191,7 +201,7 @@ def _motion_blur(x: Tensor, radius: float, sigma: float, angles_deg: Tensor) -> 
         for code in codes.unique().tolist():
             members = (codes == code).nonzero().flatten().to(x.device)
             top, left = divmod(code, 2 * pad + 1)
-            window = padded[members, :, top:top + h, left:left + w]
+            window = padded[members, :, top : top + h, left : left + w]
             out.index_add_(0, members, window, alpha=float(weights[t]))
     return out
 
@@ -204,6 +214,7 @@ def _luma(x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- noise
+
 
 def gaussian_noise(x: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
     std = _param(GAUSSIAN_NOISE_STD, severity)
@@ -225,6 +236,7 @@ def impulse_noise(x: Tensor, severity: int, generator: torch.Generator | None = 
 
 
 # ---------------------------------------------------------------- blur
+
 
 @functools.lru_cache(maxsize=64)
 def _defocus_kernel(radius: float, alias_sigma: float, scale: float) -> Tensor:
@@ -317,6 +329,7 @@ def zoom_blur(x: Tensor, severity: int, generator: torch.Generator | None = None
 
 # ---------------------------------------------------------------- weather
 
+
 def snow(x: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
     """Thresholded, zoomed Gaussian flakes, motion-blurred at a random downward angle, added twice
     (once rotated by 180 degrees) over a whitened image."""
@@ -332,8 +345,7 @@ def snow(x: Tensor, severity: int, generator: torch.Generator | None = None) -> 
     return (whitened + flakes + flakes.flip(-2, -1)).clamp(0, 1)
 
 
-def _plasma_fractal(n: int, size: int, decay: float, generator: torch.Generator | None,
-                    device: torch.device) -> Tensor:
+def _plasma_fractal(n: int, size: int, decay: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """Diamond-square height maps [n, size, size] in [0, 1] (size a power of two, wrapping at the edges):
     each level sets square centres, then edge midpoints, to the mean of their four neighbours plus
     uniform noise whose amplitude shrinks by `decay` per level."""
@@ -342,8 +354,9 @@ def _plasma_fractal(n: int, size: int, decay: float, generator: torch.Generator 
 
     def noisy_mean(total: Tensor) -> Tensor:
         # the reference's noise is wibble * U(-wibble, wibble)
-        return total / 4 + wibble * _uniform(total.shape, -wibble, wibble, generator, torch.device("cpu"),
-                                             torch.float64)
+        return total / 4 + wibble * _uniform(
+            total.shape, -wibble, wibble, generator, torch.device("cpu"), torch.float64
+        )
 
     while step >= 2:
         half = step // 2
@@ -352,10 +365,8 @@ def _plasma_fractal(n: int, size: int, decay: float, generator: torch.Generator 
         heights[half::step, half::step] = noisy_mean(around + around.roll(-1, dims=1))
         centres = heights[half::step, half::step]
         corners = heights[::step, ::step]
-        heights[::step, half::step] = noisy_mean(centres + centres.roll(1, dims=0)
-                                                 + corners + corners.roll(-1, dims=1))
-        heights[half::step, ::step] = noisy_mean(centres + centres.roll(1, dims=1)
-                                                 + corners + corners.roll(-1, dims=0))
+        heights[::step, half::step] = noisy_mean(centres + centres.roll(1, dims=0) + corners + corners.roll(-1, dims=1))
+        heights[half::step, ::step] = noisy_mean(centres + centres.roll(1, dims=1) + corners + corners.roll(-1, dims=0))
         step, wibble = half, wibble / decay
     low = heights.amin(dim=(0, 1), keepdim=True)
     high = heights.amax(dim=(0, 1), keepdim=True)
@@ -383,14 +394,16 @@ def brightness(x: Tensor, severity: int, generator: torch.Generator | None = Non
 
 # ---------------------------------------------------------------- digital
 
+
 def contrast(x: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
     factor = _param(CONTRAST, severity)
     means = x.mean(dim=(2, 3), keepdim=True)
     return ((x - means) * factor + means).clamp(0, 1)
 
 
-def _elastic_source_coords(n: int, h: int, w: int, severity: int, generator: torch.Generator | None,
-                           device: torch.device) -> Tensor:
+def _elastic_source_coords(
+    n: int, h: int, w: int, severity: int, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     """For every output pixel, the (x, y) source position in pixels [n, h, w, 2]: a random affine map
     (three points jittered) composed with a smoothed random displacement field."""
     amplitude, smoothness, jitter = (f * min(h, w) for f in _param(ELASTIC, severity))
@@ -405,8 +418,11 @@ def _elastic_source_coords(n: int, h: int, w: int, severity: int, generator: tor
 
     fields = _uniform((n, 2, h, w), -1, 1, generator, device)
     fields = _gaussian_blur(fields, smoothness, truncate=3.0, pad_mode="reflect") * amplitude
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
     displaced = torch.stack([xs + fields[:, 0], ys + fields[:, 1], torch.ones_like(fields[:, 0])], dim=-1)
     return torch.einsum("nhwk,nkj->nhwj", displaced, backward)
 
@@ -491,9 +507,23 @@ FAMILIES: dict[str, list[str]] = {
 }
 
 # The 15 corruptions of the published sets, file/folder names as they ship (frost cannot be generated).
-OFFICIAL_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
-                        "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
-                        "elastic_transform", "pixelate", "jpeg_compression")
+OFFICIAL_CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 
 REAL_FOLDERS = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C", "tiny-imagenet": "Tiny-ImageNet-C"}
 
@@ -504,12 +534,15 @@ def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator | No
         raise ValueError(f"unknown corruption {name!r}; choose from {sorted(CORRUPTIONS)}")
     _param(SEVERITIES, severity)
     if not x.is_floating_point() or x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"corrupt() needs a float batch [N, C, H, W] with C = 1 or 3 in [0, 1]; got "
-                         f"{x.dtype} {tuple(x.shape)} (convert uint8 images with x.float() / 255)")
+        raise ValueError(
+            f"corrupt() needs a float batch [N, C, H, W] with C = 1 or 3 in [0, 1]; got "
+            f"{x.dtype} {tuple(x.shape)} (convert uint8 images with x.float() / 255)"
+        )
     return CORRUPTIONS[name](x, severity, generator)
 
 
 # ---------------------------------------------------------------- the OOD set
+
 
 @dataclass
 class OODSet:
@@ -541,15 +574,19 @@ class OODSet:
     def _block_size(self) -> int:
         sizes = {len(split.y) for split in self.sets.values()}
         if len(sizes) != 1 or next(iter(sizes)) % len(self.severities):
-            raise ValueError(f"every corruption must hold {len(self.severities)} equal severity blocks; "
-                             f"got sizes {sorted(sizes)}")
+            raise ValueError(
+                f"every corruption must hold {len(self.severities)} equal severity blocks; got sizes {sorted(sizes)}"
+            )
         return next(iter(sizes)) // len(self.severities)
 
 
 def _check_severities(severities: Sequence[int]) -> tuple[int, ...]:
     chosen = tuple(severities)
-    if not chosen or len(set(chosen)) != len(chosen) or any(
-            isinstance(s, bool) or not isinstance(s, int) or s not in SEVERITIES for s in chosen):
+    if (
+        not chosen
+        or len(set(chosen)) != len(chosen)
+        or any(isinstance(s, bool) or not isinstance(s, int) or s not in SEVERITIES for s in chosen)
+    ):
         raise ValueError(f"severities must be distinct ints from {SEVERITIES}; got {severities!r}")
     return chosen
 
@@ -569,20 +606,25 @@ def _check_corruptions(corruptions: Sequence[str] | None, allowed: Sequence[str]
 
 # ---------------------------------------------------------------- readers
 
-def _stacked_from_folder(folder: Path, corruptions: Sequence[str], stored: Sequence[int],
-                         wanted: Sequence[int]) -> dict[str, Split]:
+
+def _stacked_from_folder(
+    folder: Path, corruptions: Sequence[str], stored: Sequence[int], wanted: Sequence[int]
+) -> dict[str, Split]:
     """Read `<corruption>.npy` (uint8 NHWC, severity blocks in `stored` order) and labels.npy."""
     missing = [f"{name}.npy" for name in corruptions if not (folder / f"{name}.npy").is_file()]
     if not (folder / "labels.npy").is_file():
         missing.append("labels.npy")
     if missing:
         present = sorted(p.name for p in folder.glob("*.npy"))
-        raise FileNotFoundError(f"{folder} lacks {missing} (it holds {present}); download the complete set, "
-                                f"or pass corruptions= with only the ones present")
+        raise FileNotFoundError(
+            f"{folder} lacks {missing} (it holds {present}); download the complete set, "
+            f"or pass corruptions= with only the ones present"
+        )
     labels = np.load(folder / "labels.npy")
     if labels.ndim != 1 or len(labels) % len(stored):
-        raise ValueError(f"{folder / 'labels.npy'} must hold {len(stored)} equal severity blocks of labels; "
-                         f"got shape {labels.shape}")
+        raise ValueError(
+            f"{folder / 'labels.npy'} must hold {len(stored)} equal severity blocks of labels; got shape {labels.shape}"
+        )
     block = len(labels) // len(stored)
     rows = np.concatenate([np.arange(block) + stored.index(s) * block for s in wanted])
     y = torch.from_numpy(labels[rows].astype(np.int64))
@@ -590,23 +632,30 @@ def _stacked_from_folder(folder: Path, corruptions: Sequence[str], stored: Seque
     for name in corruptions:
         images = np.load(folder / f"{name}.npy", mmap_mode="r")
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(labels):
-            raise ValueError(f"{folder / name}.npy must be uint8 [{len(labels)}, H, W, C] like labels.npy; "
-                             f"got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"{folder / name}.npy must be uint8 [{len(labels)}, H, W, C] like labels.npy; "
+                f"got {images.dtype} {images.shape}"
+            )
         x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).contiguous()
         sets[name] = Split(x, y.clone())
     return sets
 
 
-def read_cifar_c(folder: str | Path, corruptions: Sequence[str] | None = None,
-                 severities: Sequence[int] = SEVERITIES) -> dict[str, Split]:
+def read_cifar_c(
+    folder: str | Path, corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES
+) -> dict[str, Split]:
     """A CIFAR-10-C / CIFAR-100-C folder: `<corruption>.npy` uint8 [5 * n, 32, 32, 3] (severity 1 first)
     and labels.npy. Returns corruption -> Split with the chosen severities stacked."""
     names = _check_corruptions(corruptions, OFFICIAL_CORRUPTIONS, "a real -C set")
     return _stacked_from_folder(Path(folder), names, SEVERITIES, _check_severities(severities))
 
 
-def read_tiny_imagenet_c(folder: str | Path, wnids: Sequence[str], corruptions: Sequence[str] | None = None,
-                         severities: Sequence[int] = SEVERITIES) -> dict[str, Split]:
+def read_tiny_imagenet_c(
+    folder: str | Path,
+    wnids: Sequence[str],
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+) -> dict[str, Split]:
     """A Tiny-ImageNet-C tree `<corruption>/<severity>/<wnid>/*.JPEG`; the label is the wnid's position in
     `wnids` (the order of tiny-imagenet-200/wnids.txt, so labels match the training labels)."""
     folder = Path(folder)
@@ -615,16 +664,20 @@ def read_tiny_imagenet_c(folder: str | Path, wnids: Sequence[str], corruptions: 
     label_of = {wnid: i for i, wnid in enumerate(wnids)}
     missing = [f"{name}/{s}" for name in names for s in chosen if not (folder / name / str(s)).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{folder} lacks the folders {missing}; download the complete Tiny-ImageNet-C, "
-                                f"or pass corruptions=/severities= with only the ones present")
+        raise FileNotFoundError(
+            f"{folder} lacks the folders {missing}; download the complete Tiny-ImageNet-C, "
+            f"or pass corruptions=/severities= with only the ones present"
+        )
     sets = {}
     for name in names:
         paths, labels = [], []
         for s in chosen:
             for class_dir in sorted(p for p in (folder / name / str(s)).iterdir() if p.is_dir()):
                 if class_dir.name not in label_of:
-                    raise ValueError(f"{class_dir} is not among the {len(wnids)} wnids given; pass the wnids of "
-                                     f"tiny-imagenet-200/wnids.txt")
+                    raise ValueError(
+                        f"{class_dir} is not among the {len(wnids)} wnids given; pass the wnids of "
+                        f"tiny-imagenet-200/wnids.txt"
+                    )
                 images = sorted(class_dir.glob("*.JPEG"))
                 paths += images
                 labels += [label_of[class_dir.name]] * len(images)
@@ -654,8 +707,13 @@ _CHUNK_VALUES = 1 << 24
 
 
 def _cache_key(split: Split, seed: int, corruptions: Sequence[str], severities: Sequence[int]) -> str:
-    header = {"version": _IMPLEMENTATION_VERSION, "shape": list(split.x.shape), "seed": seed,
-              "corruptions": list(corruptions), "severities": list(severities)}
+    header = {
+        "version": _IMPLEMENTATION_VERSION,
+        "shape": list(split.x.shape),
+        "seed": seed,
+        "corruptions": list(corruptions),
+        "severities": list(severities),
+    }
     return content_key(header, split.x, split.y)
 
 
@@ -671,16 +729,23 @@ def _corrupted_stack(x: Tensor, name: str, severities: Sequence[int], seed: int,
     for b, severity in enumerate(severities):
         generator = torch.Generator().manual_seed(_stream_seed(seed, name, severity))
         for start in range(0, n, chunk):
-            batch = x[start:start + chunk].cpu().float() / 255
+            batch = x[start : start + chunk].cpu().float() / 255
             corrupted = _to_uint8(corrupt(batch, name, severity, generator))
-            out[b * n + start:b * n + start + len(batch)] = corrupted.permute(0, 2, 3, 1).numpy()
+            out[b * n + start : b * n + start + len(batch)] = corrupted.permute(0, 2, 3, 1).numpy()
         bar.update(1)
     return out
 
 
-def generate_c(split: Split, cache_dir: str | Path, *, dataset: str, seed: int = 0,
-               corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES,
-               progress: bool = False) -> Path:
+def generate_c(
+    split: Split,
+    cache_dir: str | Path,
+    *,
+    dataset: str,
+    seed: int = 0,
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    progress: bool = False,
+) -> Path:
     """Write a corrupted copy of `split` in the CIFAR-10-C layout (`<corruption>.npy` uint8 NHWC with the
     severity blocks stacked in order, labels.npy, info.json) under `cache_dir`, unless it is there already.
     The folder is named by a hash of the images, labels, seed, corruptions and severities, and appears
@@ -694,18 +759,32 @@ def generate_c(split: Split, cache_dir: str | Path, *, dataset: str, seed: int =
     if (folder / "info.json").is_file():
         return folder
     cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("generating %d corruptions x %d severities of %d %s images into %s",
-                len(names), len(chosen), len(split.y), dataset, folder)
+    logger.info(
+        "generating %d corruptions x %d severities of %d %s images into %s",
+        len(names),
+        len(chosen),
+        len(split.y),
+        dataset,
+        folder,
+    )
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))
     try:
         with tqdm(total=len(names) * len(chosen), desc=f"corrupting {dataset}", disable=not progress) as bar:
             for name in names:
                 np.save(partial / f"{name}.npy", _corrupted_stack(split.x, name, chosen, seed, bar))
         np.save(partial / "labels.npy", np.tile(split.y.numpy(), len(chosen)))
-        info = {"source": "generated", "dataset": dataset, "seed": seed, "corruptions": list(names),
-                "severities": list(chosen), "images_per_severity": len(split.y),
-                "image_shape": list(split.x.shape[1:]), "implementation_version": _IMPLEMENTATION_VERSION,
-                "parameters": "CIFAR-10-C (make_cifar_c.py), spatial lengths x max(1, size/32)", "key": key}
+        info = {
+            "source": "generated",
+            "dataset": dataset,
+            "seed": seed,
+            "corruptions": list(names),
+            "severities": list(chosen),
+            "images_per_severity": len(split.y),
+            "image_shape": list(split.x.shape[1:]),
+            "implementation_version": _IMPLEMENTATION_VERSION,
+            "parameters": "CIFAR-10-C (make_cifar_c.py), spatial lengths x max(1, size/32)",
+            "key": key,
+        }
         (partial / "info.json").write_text(json.dumps(info, indent=2))
         _publish(partial, folder)
     finally:
@@ -716,8 +795,10 @@ def generate_c(split: Split, cache_dir: str | Path, *, dataset: str, seed: int =
 def _check_split(split: Split) -> None:
     x, y = split.x, split.y
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3) or y.shape != (x.shape[0],):
-        raise ValueError(f"the split to corrupt needs x uint8 [N, C, H, W] with C = 1 or 3 and y [N]; got x "
-                         f"{x.dtype} {tuple(x.shape)}, y {tuple(y.shape)}")
+        raise ValueError(
+            f"the split to corrupt needs x uint8 [N, C, H, W] with C = 1 or 3 and y [N]; got x "
+            f"{x.dtype} {tuple(x.shape)}, y {tuple(y.shape)}"
+        )
 
 
 def _publish(partial: Path, folder: Path) -> None:
@@ -734,18 +815,35 @@ def _real_folder(dataset: str, root: str | Path | None) -> Path | None:
         return None
     root = Path(root).expanduser()
     for candidate in (root, root / REAL_FOLDERS[dataset]):
-        looks_real = ((candidate / "labels.npy").is_file() if dataset != "tiny-imagenet"
-                      else any((candidate / name).is_dir() for name in OFFICIAL_CORRUPTIONS))
+        looks_real = (
+            (candidate / "labels.npy").is_file()
+            if dataset != "tiny-imagenet"
+            else any((candidate / name).is_dir() for name in OFFICIAL_CORRUPTIONS)
+        )
         if looks_real:
             return candidate
-    logger.warning("no %s found at %s or %s; generating corrupted images instead",
-                   REAL_FOLDERS[dataset], root, root / REAL_FOLDERS[dataset])
+    logger.warning(
+        "no %s found at %s or %s; generating corrupted images instead",
+        REAL_FOLDERS[dataset],
+        root,
+        root / REAL_FOLDERS[dataset],
+    )
     return None
 
 
-def load_ood(split: Split, *, dataset: str, root: str | Path | None, cache_dir: str | Path, seed: int = 0,
-             corruptions: Sequence[str] | None = None, severities: Sequence[int] = SEVERITIES,
-             use_real: bool = True, wnids: list[str] | None = None, progress: bool = False) -> OODSet:
+def load_ood(
+    split: Split,
+    *,
+    dataset: str,
+    root: str | Path | None,
+    cache_dir: str | Path,
+    seed: int = 0,
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    use_real: bool = True,
+    wnids: list[str] | None = None,
+    progress: bool = False,
+) -> OODSet:
     """The OOD set for `split`: the published -C set when `use_real` and it exists under `root` (it matches
     the official TEST split only, so pass use_real=False for validation data), else a generated copy of
     `split`, cached under `cache_dir`.
@@ -757,13 +855,16 @@ def load_ood(split: Split, *, dataset: str, root: str | Path | None, cache_dir: 
     real = _real_folder(dataset, root) if use_real else None
     if real is None:
         names = _check_corruptions(corruptions, tuple(CORRUPTIONS), "generated sets")
-        folder = generate_c(split, cache_dir, dataset=dataset, seed=seed, corruptions=names,
-                            severities=chosen, progress=progress)
+        folder = generate_c(
+            split, cache_dir, dataset=dataset, seed=seed, corruptions=names, severities=chosen, progress=progress
+        )
         return OODSet("generated", _stacked_from_folder(folder, names, chosen, chosen), chosen)
     names = _check_corruptions(corruptions, OFFICIAL_CORRUPTIONS, "a real -C set")
     if dataset == "tiny-imagenet":
         if wnids is None:
-            raise ValueError("reading Tiny-ImageNet-C needs wnids= (the lines of tiny-imagenet-200/wnids.txt) "
-                             "so its labels match the training labels")
+            raise ValueError(
+                "reading Tiny-ImageNet-C needs wnids= (the lines of tiny-imagenet-200/wnids.txt) "
+                "so its labels match the training labels"
+            )
         return OODSet("real", read_tiny_imagenet_c(real, wnids, names, chosen), chosen)
     return OODSet("real", read_cifar_c(real, names, chosen), chosen)

@@ -53,21 +53,55 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
-        DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616),
-                    "crop_flip", 4, "~/.cache/rift-sweep/data/cifar10", "cifar10-c"),
-        DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                    "crop_flip", 4, "~/.cache/rift-sweep/data/cifar100", "cifar100-c"),
-        DatasetInfo("tiny-imagenet", 200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821),
-                    "crop_flip", 4, "~/.cache/rift-sweep/data/tiny-imagenet", "tiny-imagenet-c"),
+        DatasetInfo(
+            "cifar10",
+            10,
+            (3, 32, 32),
+            (0.4914, 0.4822, 0.4465),
+            (0.2471, 0.2435, 0.2616),
+            "crop_flip",
+            4,
+            "~/.cache/rift-sweep/data/cifar10",
+            "cifar10-c",
+        ),
+        DatasetInfo(
+            "cifar100",
+            100,
+            (3, 32, 32),
+            (0.5071, 0.4865, 0.4409),
+            (0.2673, 0.2564, 0.2762),
+            "crop_flip",
+            4,
+            "~/.cache/rift-sweep/data/cifar100",
+            "cifar100-c",
+        ),
+        DatasetInfo(
+            "tiny-imagenet",
+            200,
+            (3, 64, 64),
+            (0.4802, 0.4481, 0.3975),
+            (0.2770, 0.2691, 0.2821),
+            "crop_flip",
+            4,
+            "~/.cache/rift-sweep/data/tiny-imagenet",
+            "tiny-imagenet-c",
+        ),
         # Clothes are left/right symmetric enough to flip; digits are not ("crop" only).
-        DatasetInfo("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,),
-                    "crop_flip", 2, "/usr/share/datasets/fashion-mnist", None),
-        DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,),
-                    "crop", 2, "~/.cache/rift-sweep/data/mnist", None),
+        DatasetInfo(
+            "fashion-mnist",
+            10,
+            (1, 28, 28),
+            (0.2860,),
+            (0.3530,),
+            "crop_flip",
+            2,
+            "/usr/share/datasets/fashion-mnist",
+            None,
+        ),
+        DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), "crop", 2, "~/.cache/rift-sweep/data/mnist", None),
         # Mean/std computed once over all 1797 images after the uint8 scaling below, divided by 255.
         # 8x8 images are too small to crop. Digits ship inside scikit-learn, so `root` is unused.
-        DatasetInfo("digits", 10, (1, 8, 8), (0.3053,), (0.3759,),
-                    "none", 0, "", None),
+        DatasetInfo("digits", 10, (1, 8, 8), (0.3053,), (0.3759,), "none", 0, "", None),
     )
 }
 
@@ -115,14 +149,24 @@ def load_split_arrays(name: str, root: str | Path | None = None, *, train: bool,
     root_path = Path(root if root is not None else info.default_root).expanduser()
     split = _LOADERS[name](name, root_path, train, download)
     if tuple(split.x.shape[1:]) != info.image_shape:
-        raise InputError(f"{name} images have shape {tuple(split.x.shape[1:])}, expected {info.image_shape}; "
-                         f"the files under {root_path} are not the official {name} data")
+        raise InputError(
+            f"{name} images have shape {tuple(split.x.shape[1:])}, expected {info.image_shape}; "
+            f"the files under {root_path} are not the official {name} data"
+        )
     return split
 
 
-def load_splits(name: str, root: str | Path | None = None, *, val_size: int | float = 0.1, seed: int = 0,
-                train_subset: int | None = None, val_subset: int | None = None, test_subset: int | None = None,
-                download: bool = False) -> DataSplits:
+def load_splits(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    val_size: int | float = 0.1,
+    seed: int = 0,
+    train_subset: int | None = None,
+    val_subset: int | None = None,
+    test_subset: int | None = None,
+    download: bool = False,
+) -> DataSplits:
     """Train/val/test splits; val is a seeded carve of the official training set, subsets are taken after it."""
     info = dataset_info(name)
     _check_val_size(val_size)
@@ -131,14 +175,22 @@ def load_splits(name: str, root: str | Path | None = None, *, val_size: int | fl
     official_train = load_split_arrays(name, root, train=True, download=download)
     test = load_split_arrays(name, root, train=False, download=download)
     train, val = _carve_validation(official_train, val_size, seed)
-    return DataSplits(info, train.subset(train_subset, seed), val.subset(val_subset, seed),
-                      test.subset(test_subset, seed))
+    return DataSplits(
+        info, train.subset(train_subset, seed), val.subset(val_subset, seed), test.subset(test_subset, seed)
+    )
 
 
-def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False, augment: str = "none",
-                    crop_padding: int = 0, generator: torch.Generator | None = None,
-                    device: torch.device | str = "cpu", drop_last: bool = False,
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iterate_batches(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment: str = "none",
+    crop_padding: int = 0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (float32 [B, C, H, W] in [0, 1], int64 [B]) on `device`, augmented there if asked."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -148,7 +200,7 @@ def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False, aug
     if shuffle:
         order = torch.randperm(n, generator=generator, device=_rng_device(generator, "cpu"))
     for start in range(0, n, batch_size):
-        indices = order[start:start + batch_size]
+        indices = order[start : start + batch_size]
         if drop_last and len(indices) < batch_size:
             return
         # Move uint8 (4x fewer bytes than float) and convert on the device.
@@ -175,8 +227,9 @@ def augment_batch(x: torch.Tensor, kind: str, padding: int, generator: torch.Gen
 def _random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))  # zeros, as the standard CIFAR recipe
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator,
-                            device=_rng_device(generator, x.device)).to(x.device)
+    offsets = torch.randint(
+        0, 2 * padding + 1, (2, n), generator=generator, device=_rng_device(generator, x.device)
+    ).to(x.device)
     # Two gathers (rows, then columns) with per-example index ranges: about 2x faster on CPU than
     # one 4-D advanced-indexing gather.
     rows = (offsets[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
@@ -198,6 +251,7 @@ def _check_augment(kind: str, padding: int) -> None:
 
 
 # --- splits -----------------------------------------------------------------------------------
+
 
 def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -225,19 +279,23 @@ def _carve_validation(official_train: Split, val_size: int | float, seed: int) -
     n = len(official_train)
     n_val = round(val_size * n) if isinstance(val_size, float) else val_size
     if not 1 <= n_val < n:
-        raise InputError(f"val_size={val_size} gives {n_val} validation examples out of {n} training examples; "
-                         f"it must leave at least one on each side")
+        raise InputError(
+            f"val_size={val_size} gives {n_val} validation examples out of {n} training examples; "
+            f"it must leave at least one on each side"
+        )
     order = torch.randperm(n, generator=_seeded(seed))
     return _select(official_train, order[n_val:].sort().values), _select(official_train, order[:n_val].sort().values)
 
 
 # --- readers: one per on-disk format ----------------------------------------------------------
 
+
 def _not_found(dataset: str, looked_for: list[Path], how_to_get: str) -> DataNotFound:
     paths = "\n  ".join(str(p) for p in looked_for)
     more = f" (and {len(looked_for) - 1} other path(s); --verbose lists them)" if len(looked_for) > 1 else ""
-    return DataNotFound(f"{dataset} data not found: {looked_for[0]}{more}. {how_to_get}",
-                        details=f"looked for:\n  {paths}")
+    return DataNotFound(
+        f"{dataset} data not found: {looked_for[0]}{more}. {how_to_get}", details=f"looked for:\n  {paths}"
+    )
 
 
 def _require_files(paths: list[Path], dataset: str, how_to_get: str) -> None:
@@ -254,8 +312,12 @@ class _CifarUnpickler(pickle.Unpickler):
     the reader at CIFAR files you trust.
     """
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -270,8 +332,9 @@ def _read_cifar_pickles(paths: list[Path], label_key: bytes) -> Split:
             batch = _CifarUnpickler(f, encoding="bytes").load()  # keys are bytes, as in the official files
         data = batch[b"data"]
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise InputError(f"{path} is not a CIFAR batch: data is {data.dtype} {data.shape}, "
-                             f"expected uint8 [N, 3072]")
+            raise InputError(
+                f"{path} is not a CIFAR batch: data is {data.dtype} {data.shape}, expected uint8 [N, 3072]"
+            )
         images.append(data.reshape(-1, 3, 32, 32))  # rows hold the R, G, B planes, each 32x32 row-major
         labels.extend(batch[label_key])
     return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
@@ -288,10 +351,22 @@ class _CifarLayout:
 
 
 _CIFAR_LAYOUTS = {
-    "cifar10": _CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-                            b"labels", "CIFAR10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
-    "cifar100": _CifarLayout("cifar-100-python", ("train",), ("test",),
-                             b"fine_labels", "CIFAR100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+    "cifar10": _CifarLayout(
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        b"labels",
+        "CIFAR10",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    ),
+    "cifar100": _CifarLayout(
+        "cifar-100-python",
+        ("train",),
+        ("test",),
+        b"fine_labels",
+        "CIFAR100",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    ),
 }
 
 
@@ -302,8 +377,11 @@ def _load_cifar(name: str, root: Path, train: bool, download: bool) -> Split:
         import torchvision.datasets
 
         getattr(torchvision.datasets, layout.torchvision_class)(str(root), train=train, download=True)
-    _require_files(paths, name, f"Pass download=True to fetch {layout.url}, or pass the root folder that "
-                                f"contains {layout.folder}/.")
+    _require_files(
+        paths,
+        name,
+        f"Pass download=True to fetch {layout.url}, or pass the root folder that contains {layout.folder}/.",
+    )
     return _read_cifar_pickles(paths, layout.label_key)
 
 
@@ -366,8 +444,12 @@ def _load_tiny_imagenet(name: str, root: Path, train: bool, download: bool) -> S
 
         download_and_extract_archive(_TINY_IMAGENET_URL, str(root), md5=_TINY_IMAGENET_MD5)
     if not (base / "wnids.txt").is_file() or not index.exists():
-        raise _not_found(name, [base / "wnids.txt", index], f"Pass download=True to fetch {_TINY_IMAGENET_URL}, "
-                                                           f"or pass the root folder that contains tiny-imagenet-200/.")
+        raise _not_found(
+            name,
+            [base / "wnids.txt", index],
+            f"Pass download=True to fetch {_TINY_IMAGENET_URL}, "
+            f"or pass the root folder that contains tiny-imagenet-200/.",
+        )
     # Decoding 100k JPEGs takes minutes; the decoded arrays are cached beside the data. Delete to rebuild.
     cache = base / f"rift_sweep_{'train' if train else 'val'}_uint8.npz"
     if cache.is_file():
@@ -392,8 +474,9 @@ def _read_idx(path: Path) -> np.ndarray:
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise InputError(f"{path} is a damaged gzip file ({error}); delete it and download it again") from error
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise InputError(f"{path} is not a uint8 IDX file (bad magic number {raw[:4].hex()}); "
-                         f"delete it and download it again")
+        raise InputError(
+            f"{path} is not a uint8 IDX file (bad magic number {raw[:4].hex()}); delete it and download it again"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -401,15 +484,20 @@ def _read_idx(path: Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
-        raise InputError(f"{path} is truncated or padded: header promises {expected} bytes of data for shape {dims}, "
-                         f"found {len(raw) - header}; delete it and download it again")
+        raise InputError(
+            f"{path} is truncated or padded: header promises {expected} bytes of data for shape {dims}, "
+            f"found {len(raw) - header}; delete it and download it again"
+        )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
 _IDX_SOURCES = {  # torchvision's folder name and how to get the files
-    "fashion-mnist": ("FashionMNIST", "Pass download=True (fetches via torchvision), or install the Debian "
-                                      "package with `apt-get install dataset-fashion-mnist` "
-                                      "(-> /usr/share/datasets/fashion-mnist)."),
+    "fashion-mnist": (
+        "FashionMNIST",
+        "Pass download=True (fetches via torchvision), or install the Debian "
+        "package with `apt-get install dataset-fashion-mnist` "
+        "(-> /usr/share/datasets/fashion-mnist).",
+    ),
     "mnist": ("MNIST", "Pass download=True (fetches via torchvision), or pass the folder holding the IDX files."),
 }
 

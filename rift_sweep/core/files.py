@@ -42,7 +42,9 @@ def check_writable(path: str | os.PathLike) -> None:
     path = Path(path)
     existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
     if path.is_dir() or existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: {existing or path.parent} is not a writable folder; choose another path")
+        raise InputError(
+            f"cannot write {path}: {existing or path.parent} is not a writable folder; choose another path"
+        )
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -95,7 +95,9 @@ def finetune_module(
     """
     start = time.perf_counter()
     weight = get_module(model, module_name).weight
-    optimizer = torch.optim.SGD([weight], lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.SGD(
+        [weight], lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
     state = resume or FinetuneState()
     if resume is not None:
         model.load_state_dict(resume.model_state)
@@ -122,8 +124,15 @@ def _train_one_epoch(model, optimizer, train, settings, epoch, augment, crop_pad
     for group in optimizer.param_groups:
         group["lr"] = settings.lr_at(epoch)
     model.train(settings.bn == "adapt")
-    batches = iterate_batches(train, settings.batch_size, shuffle=True, augment=augment, crop_padding=crop_padding,
-                              generator=generator, device=device)
+    batches = iterate_batches(
+        train,
+        settings.batch_size,
+        shuffle=True,
+        augment=augment,
+        crop_padding=crop_padding,
+        generator=generator,
+        device=device,
+    )
     for x, y in batches:
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)

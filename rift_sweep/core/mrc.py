@@ -110,7 +110,9 @@ def module_robust_criticality(
     original = weight.detach().clone()
     with eval_mode(model), _perturbing(model, weight, original):  # BN statistics stay those of θ_AT
         if baseline is None:
-            baseline = loss_and_accuracy(model, adversarial.x, adversarial.y, batch_size=settings.batch_size, device=device)
+            baseline = loss_and_accuracy(
+                model, adversarial.x, adversarial.y, batch_size=settings.batch_size, device=device
+            )
         best = (0.0, 0.0)  # (loss increase, accuracy drop): Δ = 0 is feasible, so MRC >= 0
         radius = settings.epsilon * original.norm().item()
         generator = torch.Generator().manual_seed(seed)
@@ -126,9 +128,15 @@ def module_robust_criticality(
         relative_norm = ((weight - original).norm() / original.norm()).item()
     increase, drop = best
     return MRCResult(
-        module=module_name, mrc=increase, rob_acc_drop=drop, relative_norm=relative_norm,
-        loss_before=baseline[0], loss_after=baseline[0] + increase, num_params=weight.numel(),
-        epochs_run=epochs_run, seconds=time.perf_counter() - start,
+        module=module_name,
+        mrc=increase,
+        rob_acc_drop=drop,
+        relative_norm=relative_norm,
+        loss_before=baseline[0],
+        loss_after=baseline[0] + increase,
+        num_params=weight.numel(),
+        epochs_run=epochs_run,
+        seconds=time.perf_counter() - start,
     )
 
 

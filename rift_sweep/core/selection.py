@@ -7,7 +7,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def choose_alpha(path: Sequence[Mapping[str, float]], *, at_rob_acc: float, tolerance: float = 0.1) -> Mapping[str, float] | None:
+def choose_alpha(
+    path: Sequence[Mapping[str, float]], *, at_rob_acc: float, tolerance: float = 0.1
+) -> Mapping[str, float] | None:
     """Pick α by the paper's rule: the largest standard accuracy among the points whose robust accuracy
     stays ≥ at_rob_acc − tolerance (percentage points).
 
@@ -38,7 +40,9 @@ def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     return ~dominated
 
 
-def hypervolume_2d(points: Sequence[Sequence[float]] | np.ndarray, reference: tuple[float, float] = (0.0, 0.0)) -> float:
+def hypervolume_2d(
+    points: Sequence[Sequence[float]] | np.ndarray, reference: tuple[float, float] = (0.0, 0.0)
+) -> float:
     """Area dominated by 2-D points (both maximised) and bounded below by `reference`."""
     pts = np.asarray(points, dtype=float).reshape(-1, 2)
     pts = pts[(pts[:, 0] > reference[0]) & (pts[:, 1] > reference[1])]

@@ -23,7 +23,9 @@ TIMING_METRICS = ("finetune_seconds", "eval_seconds", "trial_seconds", "best_epo
 def is_accuracy(key: str, value) -> bool:
     """An accuracy (or its interval bound) of the objectives or of one corruption."""
     base = key.removesuffix(names.INTERVAL_SUFFIXES[0]).removesuffix(names.INTERVAL_SUFFIXES[1])
-    return (base in names.OBJECTIVES or key.startswith(names.OOD_PER_CORRUPTION_PREFIX)) and isinstance(value, (int, float))
+    return (base in names.OBJECTIVES or key.startswith(names.OOD_PER_CORRUPTION_PREFIX)) and isinstance(
+        value, (int, float)
+    )
 
 
 class MLflowTrialCallback(Callback):
@@ -48,8 +50,11 @@ class MLflowTrialCallback(Callback):
             if found:
                 self._runs[trial_id] = found[0].info.run_id
             else:
-                run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}",
-                                             tags={names.PARENT_TAG: self.parent_run_id, names.TRIAL_TAG: trial_id})
+                run = self.client.create_run(
+                    self.experiment_id,
+                    run_name=f"trial-{trial_id}",
+                    tags={names.PARENT_TAG: self.parent_run_id, names.TRIAL_TAG: trial_id},
+                )
                 self._runs[trial_id] = run.info.run_id
         return self._runs[trial_id]
 
@@ -65,8 +70,11 @@ class MLflowTrialCallback(Callback):
             self.client.set_tag(self.run_id(trial.trial_id), names.PID_TAG, str(result["pid"]))
         step = int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-                   if k in INTERIM_METRICS and isinstance(v, (int, float))]
+        metrics = [
+            Metric(k, float(v), now, step)
+            for k, v in result.items()
+            if k in INTERIM_METRICS and isinstance(v, (int, float))
+        ]
         if metrics:
             self.client.log_batch(self.run_id(trial.trial_id), metrics=metrics)
 
@@ -75,15 +83,20 @@ class MLflowTrialCallback(Callback):
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in result.items() if is_accuracy(k, v)]
         for step, row in enumerate(result.get("alpha_path", [])):
-            metrics += [Metric(names.PATH_PREFIX + k, float(v), now, step) for k, v in row.items()
-                        if is_accuracy(k, v) or k == "alpha"]
+            metrics += [
+                Metric(names.PATH_PREFIX + k, float(v), now, step)
+                for k, v in row.items()
+                if is_accuracy(k, v) or k == "alpha"
+            ]
         metrics += [Metric(k, float(result[k]), now, 0) for k in TIMING_METRICS if k in result]
         existing = self.client.get_run(run_id).data.params
         params = [Param(k, str(result[k])) for k in RESOLVED_PARAMS if k in result and k not in existing]
-        tags = [RunTag(names.FINETUNE_KEY_TAG, str(result.get("finetune_key"))),
-                RunTag(names.FINETUNE_REUSED_TAG, str(result.get("finetune_reused")))]
+        tags = [
+            RunTag(names.FINETUNE_KEY_TAG, str(result.get("finetune_key"))),
+            RunTag(names.FINETUNE_REUSED_TAG, str(result.get("finetune_reused"))),
+        ]
         for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(run_id, metrics=metrics[start:start + 900])
+            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
         self.client.log_batch(run_id, params=params, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
 

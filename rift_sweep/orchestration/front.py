@@ -34,8 +34,10 @@ def _evaluate_task(config: SweepConfig, spec: dict | None, split: str, runs: int
     if spec is not None:
         cached = load_finetune(config, spec["finetune_key"])
         if cached is None:
-            raise InputError(f"the fine-tune {spec['finetune_key']} is not in the cache under "
-                             f"{config.output_path}; was the output folder moved or cleaned?")
+            raise InputError(
+                f"the fine-tune {spec['finetune_key']} is not in the cache under "
+                f"{config.output_path}; was the output folder moved or cleaned?"
+            )
         state = interpolate_state(exp.at_state, cached["best_state"], spec["alpha"])
     return exp.evaluate(state, split, runs=runs)
 
@@ -51,19 +53,26 @@ def evaluate_remote(config: SweepConfig, specs: list[dict | None], split: str) -
 def at_metrics(tracker: SweepTracker, split: str) -> dict[str, float]:
     """The AT model's metrics on a split, computed once and kept on the parent run."""
     return tracker.logged_at_metrics(split) or tracker.log_at_metrics(
-        split, evaluate_remote(tracker.config, [None], split)[0])
+        split, evaluate_remote(tracker.config, [None], split)[0]
+    )
 
 
 def collect_trials(tracker: SweepTracker) -> list[dict]:
     trials = []
     for run in child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status="FINISHED"):
         params, metrics = run.data.params, run.data.metrics
-        trials.append({
-            "run_id": run.info.run_id, "trial_id": run.data.tags.get(names.TRIAL_TAG), "module": params.get("module"),
-            "lr": float(params["lr"]), "epochs": int(params["epochs"]), "alpha": float(params["alpha"]),
-            "finetune_key": run.data.tags.get(names.FINETUNE_KEY_TAG),
-            **{k: v for k, v in metrics.items() if k in names.OBJECTIVES or k.startswith(names.TEST_PREFIX)},
-        })
+        trials.append(
+            {
+                "run_id": run.info.run_id,
+                "trial_id": run.data.tags.get(names.TRIAL_TAG),
+                "module": params.get("module"),
+                "lr": float(params["lr"]),
+                "epochs": int(params["epochs"]),
+                "alpha": float(params["alpha"]),
+                "finetune_key": run.data.tags.get(names.FINETUNE_KEY_TAG),
+                **{k: v for k, v in metrics.items() if k in names.OBJECTIVES or k.startswith(names.TEST_PREFIX)},
+            }
+        )
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
@@ -85,8 +94,14 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
         tracker.log_metrics(trial["run_id"], tested)
         trial.update(tested)
     at_test = at_test or tracker.log_at_metrics("test", results[-1])
-    report = FrontReport(trials, at_metrics(tracker, "val"), at_test, objectives,
-                         tracker.client.get_run(tracker.parent_run_id).info.artifact_uri, tracker.ui_hint())
+    report = FrontReport(
+        trials,
+        at_metrics(tracker, "val"),
+        at_test,
+        objectives,
+        tracker.client.get_run(tracker.parent_run_id).info.artifact_uri,
+        tracker.ui_hint(),
+    )
     _log_front_artifacts(config, tracker, report)
     tracker.client.set_tag(tracker.parent_run_id, names.FRONT_SIZE_TAG, str(len(report.front)))
     return report
@@ -104,8 +119,18 @@ def _log_front_artifacts(config: SweepConfig, tracker: SweepTracker, report: Fro
             tracker.client.log_artifact(tracker.parent_run_id, str(folder / name))
 
 
-_COLUMNS = ("trial_id", "run_id", "module", "lr", "epochs", "alpha", *names.OBJECTIVES, "on_front",
-            *(names.TEST_PREFIX + o for o in names.OBJECTIVES), "finetune_key")
+_COLUMNS = (
+    "trial_id",
+    "run_id",
+    "module",
+    "lr",
+    "epochs",
+    "alpha",
+    *names.OBJECTIVES,
+    "on_front",
+    *(names.TEST_PREFIX + o for o in names.OBJECTIVES),
+    "finetune_key",
+)
 
 
 def _trial_table(config: SweepConfig, trials: list[dict]) -> list[dict]:
@@ -115,11 +140,18 @@ def _trial_table(config: SweepConfig, trials: list[dict]) -> list[dict]:
         rows.append({"kind": "trial", **{k: trial.get(k) for k in _COLUMNS}})
         cached = load_finetune(config, trial["finetune_key"]) if trial.get("finetune_key") else None
         for point in (cached or {}).get("alpha_path", []):
-            rows.append({"kind": "alpha_path", **{k: trial.get(k) for k in ("trial_id", "run_id", "module", "lr", "epochs")},
-                         **{k: point.get(k) for k in ("alpha", *names.OBJECTIVES)}})
+            rows.append(
+                {
+                    "kind": "alpha_path",
+                    **{k: trial.get(k) for k in ("trial_id", "run_id", "module", "lr", "epochs")},
+                    **{k: point.get(k) for k in ("alpha", *names.OBJECTIVES)},
+                }
+            )
     return rows
 
 
 def describe_where(report: FrontReport) -> str:
-    return (f"picture and tables: {report.artifact_uri}/pareto.png, front.md, trials.parquet\n"
-            f"MLflow UI: {report.ui_hint}\n  filter the runs with: {names.PARETO_FILTER}")
+    return (
+        f"picture and tables: {report.artifact_uri}/pareto.png, front.md, trials.parquet\n"
+        f"MLflow UI: {report.ui_hint}\n  filter the runs with: {names.PARETO_FILTER}"
+    )

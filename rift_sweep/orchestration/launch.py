@@ -33,9 +33,16 @@ class SweepResult:
     report: FrontReport | None  # None when the sweep stopped before every trial finished
 
 
-def launch_sweep(config: SweepConfig, *, resume: bool = False, num_samples: int | None = None,
-                 workers: int | None = None, address: str | None = None, gpus: int | None = None,
-                 progress: bool = True) -> SweepResult:
+def launch_sweep(
+    config: SweepConfig,
+    *,
+    resume: bool = False,
+    num_samples: int | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    gpus: int | None = None,
+    progress: bool = True,
+) -> SweepResult:
     """`num_samples`: the --num-samples the user gave (already in `config`); on --resume it may only grow."""
     folder, exp = check_sweep(config, resume=resume, address=address, gpus=gpus)
     if folder.exists:
@@ -58,8 +65,9 @@ def launch_sweep(config: SweepConfig, *, resume: bool = False, num_samples: int 
         tracker.finish_parent(status)
 
 
-def launch_mrc(config: SweepConfig, *, workers: int | None = None, address: str | None = None,
-               gpus: int | None = None) -> tuple[MRCStage, list[str], SweepTracker]:
+def launch_mrc(
+    config: SweepConfig, *, workers: int | None = None, address: str | None = None, gpus: int | None = None
+) -> tuple[MRCStage, list[str], SweepTracker]:
     """Stage 1 alone: the MRC table (cached, resumable) and the module(s) it chooses, logged on the parent run."""
     from rift_sweep.orchestration.preflight import check_local_devices, check_ray_address, check_tracking
     from rift_sweep.procedure.experiment import check_module_choice, load_experiment
@@ -80,16 +88,26 @@ def launch_mrc(config: SweepConfig, *, workers: int | None = None, address: str 
 
 def _resumable(saved: SweepConfig, given: SweepConfig, num_samples: int | None) -> SweepConfig:
     """The folder's own config, with the only change a resume may make: more trials (--num-samples N)."""
-    differ = [f.name for f in dataclasses.fields(saved) if f.name not in ("source", "search")
-              and getattr(given, f.name) != getattr(saved, f.name)]
-    if differ or {**dataclasses.asdict(given.search), "num_samples": 0} != {**dataclasses.asdict(saved.search), "num_samples": 0}:
-        raise InputError(f"--resume: the config differs from the sweep's own in {', '.join(differ) or 'search'} "
-                         f"({saved.output_path / 'sweep_config.yaml'}); resume with the same config")
+    differ = [
+        f.name
+        for f in dataclasses.fields(saved)
+        if f.name not in ("source", "search") and getattr(given, f.name) != getattr(saved, f.name)
+    ]
+    if differ or {**dataclasses.asdict(given.search), "num_samples": 0} != {
+        **dataclasses.asdict(saved.search),
+        "num_samples": 0,
+    }:
+        raise InputError(
+            f"--resume: the config differs from the sweep's own in {', '.join(differ) or 'search'} "
+            f"({saved.output_path / 'sweep_config.yaml'}); resume with the same config"
+        )
     if num_samples is None:
         return saved
     if num_samples < saved.search.num_samples:
-        raise InputError(f"--num-samples {num_samples} is fewer than the sweep's {saved.search.num_samples} trials; "
-                         f"a resumed sweep can only grow (give N >= {saved.search.num_samples})")
+        raise InputError(
+            f"--num-samples {num_samples} is fewer than the sweep's {saved.search.num_samples} trials; "
+            f"a resumed sweep can only grow (give N >= {saved.search.num_samples})"
+        )
     return dataclasses.replace(saved, search=dataclasses.replace(saved.search, num_samples=num_samples))
 
 

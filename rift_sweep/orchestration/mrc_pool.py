@@ -46,12 +46,23 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # per module; actor deaths beyond this abort the stage
 REPLACEMENT_WAIT_S = 30.0  # how long to wait for resources when every actor has died
 
-SCHEMA = pa.schema([
-    ("module", pa.string()), ("num_params", pa.int64()), ("mrc", pa.float64()), ("rob_acc_drop", pa.float64()),
-    ("relative_norm", pa.float64()), ("loss_before", pa.float64()), ("loss_after", pa.float64()),
-    ("epochs_run", pa.int64()), ("seconds", pa.float64()), ("node", pa.string()), ("actor", pa.string()), ("pid", pa.int64()),
-    ("key", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("module", pa.string()),
+        ("num_params", pa.int64()),
+        ("mrc", pa.float64()),
+        ("rob_acc_drop", pa.float64()),
+        ("relative_norm", pa.float64()),
+        ("loss_before", pa.float64()),
+        ("loss_after", pa.float64()),
+        ("epochs_run", pa.int64()),
+        ("seconds", pa.float64()),
+        ("node", pa.string()),
+        ("actor", pa.string()),
+        ("pid", pa.int64()),
+        ("key", pa.string()),
+    ]
+)
 
 
 @dataclass
@@ -71,14 +82,22 @@ class MRCWorker:
         self.config, self.device = config, resolve_device(config.device)
         self.model = load_at_model(config, info, at_state, self.device)
         self.adversarial = adversarial
-        self.baseline = loss_and_accuracy(self.model, adversarial.x, adversarial.y,
-                                          batch_size=config.mrc.batch_size, device=self.device)
+        self.baseline = loss_and_accuracy(
+            self.model, adversarial.x, adversarial.y, batch_size=config.mrc.batch_size, device=self.device
+        )
         context = ray.get_runtime_context()
         self.node, self.actor = context.get_node_id()[:12], context.get_actor_id()[:12]
 
     def score(self, module: str) -> dict:
-        result = module_robust_criticality(self.model, module, self.adversarial, self.config.mrc, device=self.device,
-                                           seed=self.config.seed, baseline=self.baseline)
+        result = module_robust_criticality(
+            self.model,
+            module,
+            self.adversarial,
+            self.config.mrc,
+            device=self.device,
+            seed=self.config.seed,
+            baseline=self.baseline,
+        )
         return {**dataclasses.asdict(result), "node": self.node, "actor": self.actor, "pid": os.getpid()}
 
 
@@ -92,9 +111,17 @@ def mrc_cache_path(config: SweepConfig, exp: Experiment) -> Path:
     """The table of one (weights, examples, attack, MRC settings): modules.include/exclude only pick rows of it."""
     source = mrc_source(config, exp.splits.val)
     attack = {k: v for k, v in dataclasses.asdict(config.attack).items() if k not in ("test_runs", "amp")}
-    key = content_key({"checkpoint": exp.checkpoint_sha256, "model": dataclasses.asdict(config.model),
-                       "seed": config.seed, "attack": attack, "mrc": dataclasses.asdict(config.mrc)},
-                      source.x, source.y)
+    key = content_key(
+        {
+            "checkpoint": exp.checkpoint_sha256,
+            "model": dataclasses.asdict(config.model),
+            "seed": config.seed,
+            "attack": attack,
+            "mrc": dataclasses.asdict(config.mrc),
+        },
+        source.x,
+        source.y,
+    )
     return cache_dir(config, "mrc") / f"{key}.parquet"
 
 
@@ -107,8 +134,9 @@ def write_table(path: Path, rows: list[dict]) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
 
 
-def run_mrc_stage(config: SweepConfig, *, workers: int | None = None, progress: bool = True,
-                  exp: Experiment | None = None) -> MRCStage:
+def run_mrc_stage(
+    config: SweepConfig, *, workers: int | None = None, progress: bool = True, exp: Experiment | None = None
+) -> MRCStage:
     """Score every candidate module (Ray must be initialised), reusing cached results."""
     start = time.perf_counter()
     exp = exp or load_experiment(config, device="cpu")  # the driver only reads weights and data
@@ -123,9 +151,11 @@ def run_mrc_stage(config: SweepConfig, *, workers: int | None = None, progress: 
         log.info("MRC: %d module(s) to score (%d cached) on %s", len(todo), len(modules) - len(todo), shape.describe)
         at_state = ray.put(exp.at_state)
         adversarial = _adversarial_set_task.options(num_cpus=shape.num_cpus, num_gpus=shape.num_gpus).remote(
-            config, exp.splits.info, at_state, exp.splits.val)
+            config, exp.splits.info, at_state, exp.splits.val
+        )
         spawn = lambda: MRCWorker.options(num_cpus=shape.num_cpus, num_gpus=shape.num_gpus).remote(  # noqa: E731
-            config, exp.splits.info, at_state, adversarial)
+            config, exp.splits.info, at_state, adversarial
+        )
         for row in _score_dynamically(todo, spawn, shape, retries, progress):
             table.append({**row, "key": path.stem})
             write_table(path, table)
@@ -184,7 +214,9 @@ def _replacement(spawn, shape: WorkerShape, wait_s: float):
     deadline = time.monotonic() + wait_s
     while not _resources_free(shape):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"every MRC worker died and the cluster has no room for a new one "
-                               f"({shape.describe}; free: {ray.available_resources()})")
+            raise RuntimeError(
+                f"every MRC worker died and the cluster has no room for a new one "
+                f"({shape.describe}; free: {ray.available_resources()})"
+            )
         time.sleep(0.5)
     return spawn()

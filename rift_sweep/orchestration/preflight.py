@@ -38,17 +38,23 @@ def check_output_folder(config: SweepConfig, *, resume: bool) -> FolderState:
         raise InputError(f"output folder {folder} is a file; give --output a folder (new or holding this sweep)")
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
-        raise InputError(f"output folder {folder} cannot be created or written ({existing} is not a writable folder); "
-                         f"choose another --output")
+        raise InputError(
+            f"output folder {folder} cannot be created or written ({existing} is not a writable folder); "
+            f"choose another --output"
+        )
     resolved = folder / names.RESOLVED_CONFIG
     if resolved.is_file():
         previous = load_config(resolved)
         if not resume:
-            raise InputError(f"a sweep already exists at {folder}: carry it on with --resume, or give another "
-                             f"`name`/--output to start a new one")
+            raise InputError(
+                f"a sweep already exists at {folder}: carry it on with --resume, or give another "
+                f"`name`/--output to start a new one"
+            )
         if previous.name != config.name:
-            raise InputError(f"{folder} holds the sweep {previous.name!r}, not {config.name!r}; resume it with its own "
-                             f"config or give another --output")
+            raise InputError(
+                f"{folder} holds the sweep {previous.name!r}, not {config.name!r}; resume it with its own "
+                f"config or give another --output"
+            )
         return FolderState(True, previous)
     if folder.is_dir() and any(folder.iterdir()):
         raise InputError(f"output folder {folder} is not empty and holds no sweep; give an empty or new --output")
@@ -62,15 +68,19 @@ def check_tracking(config: SweepConfig) -> None:
     uri = tracking_uri(config)
     scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
     if scheme not in TRACKING_SCHEMES:
-        raise InputError(f"tracking.uri {uri!r} has an unknown scheme {scheme!r}; use sqlite:///ABS/PATH.db or "
-                         f"http://HOST:PORT of an `mlflow server`")
+        raise InputError(
+            f"tracking.uri {uri!r} has an unknown scheme {scheme!r}; use sqlite:///ABS/PATH.db or "
+            f"http://HOST:PORT of an `mlflow server`"
+        )
     if scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CONNECT_TIMEOUT_S):
                 pass
         except (urllib.error.URLError, OSError) as exc:
-            raise InputError(f"no MLflow server answers at {uri} within {CONNECT_TIMEOUT_S:.0f} s "
-                             f"({getattr(exc, 'reason', exc)}); start it (`mlflow server ...`) or fix tracking.uri") from exc
+            raise InputError(
+                f"no MLflow server answers at {uri} within {CONNECT_TIMEOUT_S:.0f} s "
+                f"({getattr(exc, 'reason', exc)}); start it (`mlflow server ...`) or fix tracking.uri"
+            ) from exc
 
 
 def check_ray_address(address: str | None) -> None:
@@ -84,8 +94,10 @@ def check_ray_address(address: str | None) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except (OSError, ValueError) as exc:
-        raise InputError(f"no Ray cluster answers at {address} within {CONNECT_TIMEOUT_S:.0f} s ({exc}); start it "
-                         f"(`ray start --head`) or fix --address / RAY_ADDRESS") from exc
+        raise InputError(
+            f"no Ray cluster answers at {address} within {CONNECT_TIMEOUT_S:.0f} s ({exc}); start it "
+            f"(`ray start --head`) or fix --address / RAY_ADDRESS"
+        ) from exc
 
 
 def check_local_devices(config: SweepConfig, *, address: str | None, gpus: int | None) -> None:
@@ -94,14 +106,20 @@ def check_local_devices(config: SweepConfig, *, address: str | None, gpus: int |
         return  # a cluster's GPUs are checked once connected (resources.worker_shape, gpus_requested)
     have = torch.cuda.device_count()
     if config.device == "cuda" and have == 0:
-        raise InputError("device: cuda was asked for but this machine has no CUDA device; use device: auto or cpu, "
-                         "or join a GPU cluster with --address")
+        raise InputError(
+            "device: cuda was asked for but this machine has no CUDA device; use device: auto or cpu, "
+            "or join a GPU cluster with --address"
+        )
     if gpus and gpus > have:
-        raise InputError(f"--gpus {gpus}: a local Ray has no autoscaler and this machine has {have} GPU(s); "
-                         f"drop --gpus, or join an autoscaling cluster with --address")
+        raise InputError(
+            f"--gpus {gpus}: a local Ray has no autoscaler and this machine has {have} GPU(s); "
+            f"drop --gpus, or join an autoscaling cluster with --address"
+        )
 
 
-def check_sweep(config: SweepConfig, *, resume: bool, address: str | None, gpus: int | None) -> tuple[FolderState, Experiment]:
+def check_sweep(
+    config: SweepConfig, *, resume: bool, address: str | None, gpus: int | None
+) -> tuple[FolderState, Experiment]:
     """Everything a sweep needs, checked in order of cost; returns the folder's state and the loaded experiment."""
     folder = check_output_folder(config, resume=resume)
     check_tracking(config)
@@ -109,4 +127,3 @@ def check_sweep(config: SweepConfig, *, resume: bool, address: str | None, gpus:
     check_local_devices(config, address=address, gpus=gpus)
     check_module_choice(config)
     return folder, load_experiment(config, device="cpu")  # the checkpoint loads and fits, the data reads
-

@@ -64,8 +64,10 @@ def gpus_requested(count: int | None, *, timeout_s: float = 1800.0, poll_s: floa
         deadline, have = time.monotonic() + timeout_s, 0
         while (have := int(ray.cluster_resources().get("GPU", 0))) < count:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"asked the autoscaler for {count} GPU(s), but after {timeout_s:.0f} s the cluster "
-                                   f"has {have}; check `ray status` and the GPU node type's max_workers")
+                raise RuntimeError(
+                    f"asked the autoscaler for {count} GPU(s), but after {timeout_s:.0f} s the cluster "
+                    f"has {have}; check `ray status` and the GPU node type's max_workers"
+                )
             log.info("waiting for GPUs: %d of %d up", have, count)
             time.sleep(poll_s)
         yield
@@ -86,19 +88,23 @@ def worker_shape(workers: int | None = None, *, gpus_per_worker: float | None = 
         raise InputError(f"--workers must be >= 1; got {workers}")
     if use_gpus:
         if gpus == 0:
-            raise InputError("a GPU worker was asked for, but this Ray cluster has no GPU "
-                             f"(resources: {_summary(total)}); run without a GPU request or add GPU nodes")
+            raise InputError(
+                "a GPU worker was asked for, but this Ray cluster has no GPU "
+                f"(resources: {_summary(total)}); run without a GPU request or add GPU nodes"
+            )
         count = workers or gpus
         if count > gpus:
-            raise InputError(f"{count} GPU workers were asked for, but the cluster has {gpus} GPU(s); "
-                             f"use --workers {gpus} or fewer")
+            raise InputError(
+                f"{count} GPU workers were asked for, but the cluster has {gpus} GPU(s); use --workers {gpus} or fewer"
+            )
         return WorkerShape(count, num_cpus=1, num_gpus=1)
     if cpus == 0:
         raise InputError(f"this Ray cluster has no CPU to run workers on (resources: {_summary(total)})")
     count = workers or cpus
     if count > cpus:
-        raise InputError(f"{count} CPU workers were asked for, but the cluster has {cpus} CPU slot(s); "
-                         f"use --workers {cpus} or fewer")
+        raise InputError(
+            f"{count} CPU workers were asked for, but the cluster has {cpus} CPU slot(s); use --workers {cpus} or fewer"
+        )
     return WorkerShape(count, num_cpus=1, num_gpus=0)
 
 

@@ -34,6 +34,7 @@ CHECKPOINT_FILE = "trial_state.pt"
 
 # --- the search space and the searcher -------------------------------------------------------------------
 
+
 def search_space(config: SweepConfig, modules: list[str]) -> dict[str, optuna.distributions.BaseDistribution]:
     """Optuna distributions of the searched parameters; a module choice only when several modules compete."""
     space = {}
@@ -61,12 +62,14 @@ class MultiObjectiveOptunaSearch(OptunaSearch):
     ("must be real number, not list"); here the point is created with `values=` on the same distributions.
     """
 
-    def add_evaluated_point(self, parameters: dict, value, error: bool = False, pruned: bool = False,
-                            intermediate_values=None) -> None:
+    def add_evaluated_point(
+        self, parameters: dict, value, error: bool = False, pruned: bool = False, intermediate_values=None
+    ) -> None:
         if not isinstance(value, (list, tuple)):
             return super().add_evaluated_point(parameters, value, error, pruned, intermediate_values)
-        trial = optuna.trial.create_trial(params=parameters, distributions=self._space, values=list(value),
-                                          state=optuna.trial.TrialState.COMPLETE)
+        trial = optuna.trial.create_trial(
+            params=parameters, distributions=self._space, values=list(value), state=optuna.trial.TrialState.COMPLETE
+        )
         self._ot_study.add_trial(trial)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -80,11 +83,17 @@ class MultiObjectiveOptunaSearch(OptunaSearch):
                 self.add_evaluated_point({**params, "alpha": row["alpha"]}, [row[m] for m in self.metric])
 
 
-def make_searcher(config: SweepConfig, modules: list[str], history: optuna.Study | None = None) -> MultiObjectiveOptunaSearch:
+def make_searcher(
+    config: SweepConfig, modules: list[str], history: optuna.Study | None = None
+) -> MultiObjectiveOptunaSearch:
     """The searcher; `history` (an earlier study of this sweep) is copied in, so an extension starts informed."""
     objectives = list(config.search.objectives)
-    searcher = MultiObjectiveOptunaSearch(space=search_space(config, modules), metric=objectives,
-                                          mode=["max"] * len(objectives), sampler=make_sampler(config))
+    searcher = MultiObjectiveOptunaSearch(
+        space=search_space(config, modules),
+        metric=objectives,
+        mode=["max"] * len(objectives),
+        sampler=make_sampler(config),
+    )
     for trial in history.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if history else ():
         searcher.add_evaluated_point(trial.params, list(trial.values))
     return searcher
@@ -92,10 +101,14 @@ def make_searcher(config: SweepConfig, modules: list[str], history: optuna.Study
 
 # --- the trial ------------------------------------------------------------------------------------------
 
+
 def trial_choice(config: SweepConfig, params: dict, modules: list[str]) -> tuple[str, FinetuneSettings, float | None]:
     """(module, fine-tune settings, α or None) of a trial; unsearched parameters keep their configured values."""
-    settings = dataclasses.replace(config.finetune, lr=float(params.get("lr", config.finetune.lr)),
-                                   epochs=int(params.get("epochs", config.finetune.epochs)))
+    settings = dataclasses.replace(
+        config.finetune,
+        lr=float(params.get("lr", config.finetune.lr)),
+        epochs=int(params.get("epochs", config.finetune.epochs)),
+    )
     alpha = params.get("alpha")
     return params.get("module", modules[0]), settings, None if alpha is None else float(alpha)
 
@@ -119,13 +132,23 @@ def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val:
     if metrics is None:
         metrics = exp.evaluate(interpolate_state(exp.at_state, cached["best_state"], alpha), "val")
     eval_seconds = time.perf_counter() - eval_start + (0.0 if reused else cached["eval_seconds"])
-    tune.report({
-        **{k: v for k, v in metrics.items() if k != "alpha"},
-        "alpha": alpha, "lr": settings.lr, "epochs": settings.epochs, "module": module,
-        "finetune_key": key, "finetune_reused": reused, "best_epoch": cached["best_epoch"],
-        "alpha_path": path, "finetune_seconds": 0.0 if reused else cached["finetune_seconds"],
-        "eval_seconds": eval_seconds, "trial_seconds": time.perf_counter() - start, "pid": os.getpid(),
-    })
+    tune.report(
+        {
+            **{k: v for k, v in metrics.items() if k != "alpha"},
+            "alpha": alpha,
+            "lr": settings.lr,
+            "epochs": settings.epochs,
+            "module": module,
+            "finetune_key": key,
+            "finetune_reused": reused,
+            "best_epoch": cached["best_epoch"],
+            "alpha_path": path,
+            "finetune_seconds": 0.0 if reused else cached["finetune_seconds"],
+            "eval_seconds": eval_seconds,
+            "trial_seconds": time.perf_counter() - start,
+            "pid": os.getpid(),
+        }
+    )
 
 
 def _finetune_and_evaluate(exp: Experiment, module: str, settings: FinetuneSettings, at_val: dict) -> dict:
@@ -137,15 +160,18 @@ def _finetune_and_evaluate(exp: Experiment, module: str, settings: FinetuneSetti
     known = {**({0.0: at_val} if 0.0 in exp.config.alpha.grid else {}), **done}
 
     def report_epoch(current: FinetuneState) -> None:
-        _checkpoint({"finetune": dataclasses.asdict(current), "path": []},
-                    {"epoch": current.epochs_done, "ft_val_acc": current.val_acc[-1]})
+        _checkpoint(
+            {"finetune": dataclasses.asdict(current), "path": []},
+            {"epoch": current.epochs_done, "ft_val_acc": current.val_acc[-1]},
+        )
 
     if state is not None and state.epochs_done == settings.epochs:  # killed during the α path: keep the fine-tune
         result = FinetuneResult(state.best_state, state.best_epoch, list(state.val_acc), 0.0)
     else:
         result = finetune(exp, module, settings, resume=state, on_epoch=report_epoch)
-    trained = dataclasses.asdict(FinetuneState(settings.epochs, None, None, result.val_acc, result.best_epoch,
-                                               result.best_state))
+    trained = dataclasses.asdict(
+        FinetuneState(settings.epochs, None, None, result.val_acc, result.best_epoch, result.best_state)
+    )
 
     def report_point(row: dict) -> None:
         done[row["alpha"]] = row
@@ -153,9 +179,15 @@ def _finetune_and_evaluate(exp: Experiment, module: str, settings: FinetuneSetti
 
     eval_start = time.perf_counter()
     path = alpha_path(exp, result.best_state, exp.config.alpha.grid, progress=False, known=known, on_point=report_point)
-    return {"best_state": result.best_state, "best_epoch": result.best_epoch, "val_acc": result.val_acc,
-            "alpha_path": path, "finetune_seconds": result.seconds, "eval_seconds": time.perf_counter() - eval_start,
-            "module": module}
+    return {
+        "best_state": result.best_state,
+        "best_epoch": result.best_epoch,
+        "val_acc": result.val_acc,
+        "alpha_path": path,
+        "finetune_seconds": result.seconds,
+        "eval_seconds": time.perf_counter() - eval_start,
+        "module": module,
+    }
 
 
 def _checkpoint(state: dict, metrics: dict) -> None:
@@ -173,6 +205,7 @@ def _restore_state() -> dict | None:
 
 
 # --- the driver -----------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class SweepOutcome:
@@ -194,8 +227,9 @@ def tune_paths(config: SweepConfig) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix(names.TUNE_NAME).lstrip("-") or 1))
 
 
-def run_sweep(config: SweepConfig, tracker, *, workers: int | None = None, progress: bool = True,
-              exp: Experiment | None = None) -> SweepOutcome:
+def run_sweep(
+    config: SweepConfig, tracker, *, workers: int | None = None, progress: bool = True, exp: Experiment | None = None
+) -> SweepOutcome:
     """Stage 1 (or its cache), then the Tune + Optuna search until `search.num_samples` trials have finished;
     Ray must be initialised. Carries on whatever an earlier call left: stage 1 from its cache, an interrupted
     Tune experiment through Tuner.restore, and a finished one extended by a new experiment whose searcher
@@ -220,14 +254,18 @@ def run_sweep(config: SweepConfig, tracker, *, workers: int | None = None, progr
     shape = worker_shape()
     trainable = tune.with_resources(
         tune.with_parameters(rift_trial, config=config, modules=modules, at_val=at_val),
-        {"cpu": shape.num_cpus, "gpu": shape.num_gpus})
+        {"cpu": shape.num_cpus, "gpu": shape.num_gpus},
+    )
     close_orphaned_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id)
     paths = tune_paths(config)
     if paths and Tuner.can_restore(str(paths[-1])):
-        grid = Tuner.restore(str(paths[-1]), trainable, resume_unfinished=True, resume_errored=False,
-                             restart_errored=False).fit()
+        grid = Tuner.restore(
+            str(paths[-1]), trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        ).fit()
         if _stopped_early(grid, paths[-1]):
-            return SweepOutcome(finished_trials(tracker), config.search.num_samples, modules, time.perf_counter() - start)
+            return SweepOutcome(
+                finished_trials(tracker), config.search.num_samples, modules, time.perf_counter() - start
+            )
     finished = finished_trials(tracker)
     if finished < config.search.num_samples:  # a new sweep, or more trials (or replacements) for a finished one
         path = config.output_path / names.TUNE_DIR / (names.TUNE_NAME + (f"-{len(paths) + 1}" if paths else ""))
@@ -266,11 +304,15 @@ def _new_tuner(config, trainable, modules, path: Path, num_samples: int, slots: 
     searcher = make_searcher(config, modules, history=previous)
     return Tuner(
         trainable,
-        tune_config=TuneConfig(num_samples=num_samples, search_alg=searcher,
-                               max_concurrent_trials=min(config.search.max_concurrent, slots)),
+        tune_config=TuneConfig(
+            num_samples=num_samples, search_alg=searcher, max_concurrent_trials=min(config.search.max_concurrent, slots)
+        ),
         run_config=RunConfig(
-            name=path.name, storage_path=str(path.parent), verbose=1 if progress else 0,
-            failure_config=FailureConfig(max_failures=2), checkpoint_config=CheckpointConfig(num_to_keep=1),
+            name=path.name,
+            storage_path=str(path.parent),
+            verbose=1 if progress else 0,
+            failure_config=FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=[MLflowTrialCallback(tracker.uri, tracker.experiment_id, tracker.parent_run_id, config.seed)],
         ),
     )

@@ -71,9 +71,17 @@ class SweepTracker:
 
     def _log_config(self, run_id: str) -> None:
         config = self.config
-        params = {"dataset": config.data.dataset, "model": config.model.name, "checkpoint": config.model.checkpoint,
-                  "attack.eps": config.attack.eps, "attack.steps": config.attack.steps, "mrc.variant": config.mrc.variant,
-                  "mrc.epsilon": config.mrc.epsilon, "finetune.bn": config.finetune.bn, "seed": config.seed}
+        params = {
+            "dataset": config.data.dataset,
+            "model": config.model.name,
+            "checkpoint": config.model.checkpoint,
+            "attack.eps": config.attack.eps,
+            "attack.steps": config.attack.steps,
+            "mrc.variant": config.mrc.variant,
+            "mrc.epsilon": config.mrc.epsilon,
+            "finetune.bn": config.finetune.bn,
+            "seed": config.seed,
+        }
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         resolved = config.output_path / names.RESOLVED_CONFIG
         if resolved.is_file():
@@ -81,8 +89,10 @@ class SweepTracker:
 
     def ui_hint(self) -> str:
         if self.uri.startswith("sqlite:///"):
-            return (f"rift-sweep ui --sweep {self.config.name} --output {self.config.output_path}"
-                    f"   (or: mlflow ui --backend-store-uri {self.uri})")
+            return (
+                f"rift-sweep ui --sweep {self.config.name} --output {self.config.output_path}"
+                f"   (or: mlflow ui --backend-store-uri {self.uri})"
+            )
         return f"open {self.uri} in a browser"
 
     def log_mrc(self, rows: list[dict], chosen: list[str], table_path: Path) -> None:
@@ -119,8 +129,12 @@ class SweepTracker:
 
 def find_parent_run(client: MlflowClient, experiment_id: str, config: SweepConfig):
     """The sweep's parent run: its name and its output folder (compared here, so any path works)."""
-    runs = client.search_runs([experiment_id], tag_filter(**{names.SWEEP_TAG: config.name}),
-                              order_by=["attributes.start_time ASC"], max_results=1000)
+    runs = client.search_runs(
+        [experiment_id],
+        tag_filter(**{names.SWEEP_TAG: config.name}),
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
     return next((r for r in runs if r.data.tags.get(names.OUTPUT_TAG) == str(config.output_path)), None)
 
 

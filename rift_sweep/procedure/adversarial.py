@@ -19,14 +19,30 @@ def train_at_checkpoint(config: SweepConfig, out: Path) -> ATResult:
     device = resolve_device(config.device)
     model = build_architecture(config, splits.info).to(device)
     start = time.perf_counter()
-    result = adversarial_train(model, splits.train, splits.val, config.adversarial_training, config.attack,
-                               augment=splits.info.augment, crop_padding=splits.info.crop_padding,
-                               seed=config.seed, device=device)
+    result = adversarial_train(
+        model,
+        splits.train,
+        splits.val,
+        config.adversarial_training,
+        config.attack,
+        augment=splits.info.augment,
+        crop_padding=splits.info.crop_padding,
+        seed=config.seed,
+        device=device,
+    )
     best = result.history[result.best_epoch - 1]
     attack = config.attack
-    save_checkpoint(out, model, split=split_identity(config), model=config.model.name,
-                    epochs=config.adversarial_training.epochs, best_epoch=result.best_epoch,
-                    val_std_acc=best["std_acc"], val_rob_acc=best["rob_acc"],
-                    attack={"eps": attack.eps, "step_size": attack.step_size, "steps": attack.steps},
-                    train_examples=len(splits.train), seconds=round(time.perf_counter() - start, 1))
+    save_checkpoint(
+        out,
+        model,
+        split=split_identity(config),
+        model=config.model.name,
+        epochs=config.adversarial_training.epochs,
+        best_epoch=result.best_epoch,
+        val_std_acc=best["std_acc"],
+        val_rob_acc=best["rob_acc"],
+        attack={"eps": attack.eps, "step_size": attack.step_size, "steps": attack.steps},
+        train_examples=len(splits.train),
+        seconds=round(time.perf_counter() - start, 1),
+    )
     return result

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when present, else CPU; "cuda" without a GPU is an error, not a silent fallback."""
+    """ "auto" → CUDA when present, else CPU; "cuda" without a GPU is an error, not a silent fallback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -45,12 +45,14 @@ def cache_dir(config: SweepConfig, kind: str) -> Path:
 
 def build_architecture(config: SweepConfig, info: DatasetInfo) -> nn.Module:
     """The configured architecture with random weights, normalising its [0, 1] input first."""
-    return build_model(config.model.name, num_classes=info.num_classes, in_channels=info.image_shape[0],
-                       mean=info.mean, std=info.std)
+    return build_model(
+        config.model.name, num_classes=info.num_classes, in_channels=info.image_shape[0], mean=info.mean, std=info.std
+    )
 
 
-def load_at_model(config: SweepConfig, info: DatasetInfo, state: StateDict | None = None,
-                  device: torch.device | str = "cpu") -> nn.Module:
+def load_at_model(
+    config: SweepConfig, info: DatasetInfo, state: StateDict | None = None, device: torch.device | str = "cpu"
+) -> nn.Module:
     """θ_AT in eval mode on `device`: read from model.checkpoint, or copied from `state` (e.g. shipped to a
     Ray worker that should not read the file again)."""
     model = build_architecture(config, info)
@@ -64,8 +66,10 @@ def load_at_model(config: SweepConfig, info: DatasetInfo, state: StateDict | Non
 def require_checkpoint(config: SweepConfig) -> str:
     checkpoint = config.model.checkpoint
     if checkpoint is None:
-        raise InputError("model.checkpoint is not set: RiFT starts from an adversarially trained model; "
-                         "train one with `rift-sweep train-at --config FILE --out PATH` and set model.checkpoint")
+        raise InputError(
+            "model.checkpoint is not set: RiFT starts from an adversarially trained model; "
+            "train one with `rift-sweep train-at --config FILE --out PATH` and set model.checkpoint"
+        )
     return checkpoint
 
 
@@ -102,9 +106,18 @@ class Experiment:
         info = self.splits.info
         split = getattr(self.splits, split_name)
         wnids = tiny_imagenet_wnids(self.config.data.root) if info.name == "tiny-imagenet" else None
-        full = load_ood(split, dataset=info.name, root=ood.root, cache_dir=cache_dir(self.config, "ood"),
-                        seed=self.config.seed, corruptions=ood.corruptions, severities=ood.severities,
-                        use_real=split_name == "test", wnids=wnids, progress=True)
+        full = load_ood(
+            split,
+            dataset=info.name,
+            root=ood.root,
+            cache_dir=cache_dir(self.config, "ood"),
+            seed=self.config.seed,
+            corruptions=ood.corruptions,
+            severities=ood.severities,
+            use_real=split_name == "test",
+            wnids=wnids,
+            progress=True,
+        )
         return full.subset(ood.per_corruption, seed=self.config.seed)
 
     def evaluate(self, state: StateDict, split_name: str = "val", *, runs: int = 1) -> dict[str, float]:
@@ -115,9 +128,17 @@ class Experiment:
         if split_name not in ("val", "test"):
             raise ValueError(f"split_name must be 'val' or 'test'; got {split_name!r}")
         config = self.config
-        return evaluate(self.load_state(state), getattr(self.splits, split_name), pgd=config.attack,
-                        ood=self.ood(split_name), runs=runs, batch_size=config.eval_batch_size,
-                        device=self.device, seed=config.seed, amp=config.attack.amp)
+        return evaluate(
+            self.load_state(state),
+            getattr(self.splits, split_name),
+            pgd=config.attack,
+            ood=self.ood(split_name),
+            runs=runs,
+            batch_size=config.eval_batch_size,
+            device=self.device,
+            seed=config.seed,
+            amp=config.attack.amp,
+        )
 
 
 def experiment_modules(config: SweepConfig, model: nn.Module) -> list[str]:
@@ -130,8 +151,10 @@ def check_module_choice(config: SweepConfig) -> list[str]:
     that is not among them is refused here, before any compute."""
     names_ = experiment_modules(config, build_architecture(config, dataset_info(config.data.dataset)))
     if config.modules.choice == "named" and config.modules.name not in names_:
-        raise InputError(f"modules.name {config.modules.name!r} is not a candidate module of {config.model.name}; "
-                         f"candidates: {', '.join(names_)}")
+        raise InputError(
+            f"modules.name {config.modules.name!r} is not a candidate module of {config.model.name}; "
+            f"candidates: {', '.join(names_)}"
+        )
     return names_
 
 
@@ -143,15 +166,28 @@ def mrc_source(config: SweepConfig, val: Split) -> Split:
 def build_adversarial_set(config: SweepConfig, at_model: nn.Module, val: Split, device: torch.device) -> AdversarialSet:
     """PGD examples against θ_AT on the MRC subset of validation: the fixed set every module is scored on."""
     generator = torch.Generator().manual_seed(config.seed)
-    return attack_split(config.attack, at_model, mrc_source(config, val), batch_size=config.eval_batch_size,
-                        device=device, generator=generator)
+    return attack_split(
+        config.attack,
+        at_model,
+        mrc_source(config, val),
+        batch_size=config.eval_batch_size,
+        device=device,
+        generator=generator,
+    )
 
 
 def load_data(config: SweepConfig) -> DataSplits:
     data = config.data
-    return load_splits(data.dataset, data.root, val_size=data.val_size, seed=data.split_seed,
-                       train_subset=data.train_subset, val_subset=data.val_subset,
-                       test_subset=data.test_subset, download=data.download)
+    return load_splits(
+        data.dataset,
+        data.root,
+        val_size=data.val_size,
+        seed=data.split_seed,
+        train_subset=data.train_subset,
+        val_subset=data.val_subset,
+        test_subset=data.test_subset,
+        download=data.download,
+    )
 
 
 def split_identity(config: SweepConfig) -> dict:
@@ -164,9 +200,11 @@ def check_split_matches(config: SweepConfig) -> None:
     checkpoint = require_checkpoint(config)
     recorded = read_checkpoint_meta(checkpoint).get("split")
     if recorded and recorded != split_identity(config):
-        raise InputError(f"the checkpoint {checkpoint} was trained with the split {recorded}, but the config carves "
-                         f"{split_identity(config)}: validation would overlap its training data; set data.dataset, "
-                         f"data.val_size and data.split_seed to the checkpoint's values")
+        raise InputError(
+            f"the checkpoint {checkpoint} was trained with the split {recorded}, but the config carves "
+            f"{split_identity(config)}: validation would overlap its training data; set data.dataset, "
+            f"data.val_size and data.split_seed to the checkpoint's values"
+        )
 
 
 def load_experiment(config: SweepConfig, device: torch.device | str | None = None) -> Experiment:

@@ -15,10 +15,19 @@ from rift_sweep.procedure.experiment import cache_dir
 
 
 def finetune_key(config: SweepConfig, checkpoint_sha256: str, module: str, settings: FinetuneSettings) -> str:
-    return content_key({"checkpoint": checkpoint_sha256, "model": dataclasses.asdict(config.model), "module": module,
-                        "finetune": dataclasses.asdict(settings), "seed": config.seed,
-                        "data": dataclasses.asdict(config.data), "attack": dataclasses.asdict(config.attack),
-                        "ood": dataclasses.asdict(config.ood), "alpha_grid": list(config.alpha.grid)})
+    return content_key(
+        {
+            "checkpoint": checkpoint_sha256,
+            "model": dataclasses.asdict(config.model),
+            "module": module,
+            "finetune": dataclasses.asdict(settings),
+            "seed": config.seed,
+            "data": dataclasses.asdict(config.data),
+            "attack": dataclasses.asdict(config.attack),
+            "ood": dataclasses.asdict(config.ood),
+            "alpha_grid": list(config.alpha.grid),
+        }
+    )
 
 
 def finetune_path(config: SweepConfig, key: str) -> Path:

@@ -28,16 +28,28 @@ def mrc_bar_chart(rows: Sequence[dict], chosen: Sequence[str], path: Path) -> Pa
     return path
 
 
-def pareto_chart(points: Sequence[tuple[float, float]], on_front: Sequence[bool], at_point: tuple[float, float] | None,
-                 path: Path, *, title: str = "validation accuracy of every trial") -> Path:
+def pareto_chart(
+    points: Sequence[tuple[float, float]],
+    on_front: Sequence[bool],
+    at_point: tuple[float, float] | None,
+    path: Path,
+    *,
+    title: str = "validation accuracy of every trial",
+) -> Path:
     """Every trial as (std_acc, rob_acc), the non-dominated ones joined, the AT model marked."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color="tab:gray", alpha=0.6, label="trials")
     front = sorted(p for p, keep in zip(points, on_front) if keep)
     if front:
         # A staircase: between two front points only the lower one's robustness is attained.
-        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", drawstyle="steps-pre", color="tab:red",
-                label="Pareto front")
+        ax.plot(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            "o-",
+            drawstyle="steps-pre",
+            color="tab:red",
+            label="Pareto front",
+        )
     if at_point is not None:
         ax.scatter([at_point[0]], [at_point[1]], marker="*", s=180, color="black", label="AT model", zorder=3)
     ax.set_xlabel("standard accuracy (%)")

@@ -38,18 +38,42 @@ def choose_modules(names: Sequence[str], choice: ModuleChoice) -> list[str]:
     return names[: choice.top_k if choice.choice == "top_k" else 1]
 
 
-def finetune(exp: Experiment, module: str, settings: FinetuneSettings, *, resume: FinetuneState | None = None,
-             on_epoch: Callable[[FinetuneState], None] | None = None, progress: bool = False) -> FinetuneResult:
+def finetune(
+    exp: Experiment,
+    module: str,
+    settings: FinetuneSettings,
+    *,
+    resume: FinetuneState | None = None,
+    on_epoch: Callable[[FinetuneState], None] | None = None,
+    progress: bool = False,
+) -> FinetuneResult:
     """Fine-tune `module` of θ_AT on the clean training split with the dataset's augmentation."""
     info = exp.splits.info
-    return finetune_module(exp.load_state(exp.at_state), module, exp.splits.train, exp.splits.val, settings,
-                           augment=info.augment, crop_padding=info.crop_padding, seed=exp.config.seed,
-                           device=exp.device, resume=resume, on_epoch=on_epoch, progress=progress)
+    return finetune_module(
+        exp.load_state(exp.at_state),
+        module,
+        exp.splits.train,
+        exp.splits.val,
+        settings,
+        augment=info.augment,
+        crop_padding=info.crop_padding,
+        seed=exp.config.seed,
+        device=exp.device,
+        resume=resume,
+        on_epoch=on_epoch,
+        progress=progress,
+    )
 
 
-def alpha_path(exp: Experiment, ft_state: StateDict, grid: Sequence[float], *, progress: bool = True,
-               known: Mapping[float, dict] | None = None,
-               on_point: Callable[[dict], None] | None = None) -> list[dict[str, float]]:
+def alpha_path(
+    exp: Experiment,
+    ft_state: StateDict,
+    grid: Sequence[float],
+    *,
+    progress: bool = True,
+    known: Mapping[float, dict] | None = None,
+    on_point: Callable[[dict], None] | None = None,
+) -> list[dict[str, float]]:
     """Validation metrics of θ_α for every α in `grid` (fine-tuning paid once, α costs evaluation only).
 
     `known` maps α to metrics already measured (α = 0 is the AT model; a resumed trial's finished points);

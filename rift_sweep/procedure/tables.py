@@ -26,12 +26,16 @@ class FrontReport:
 
 def format_mrc_table(rows: Sequence[dict], chosen: Sequence[str] = ()) -> str:
     """MRC per module, lowest first, the chosen module(s) marked."""
-    lines = ["Module Robust Criticality (validation adversarial set; lowest first)",
-             f"{'module':<28}{'params':>10}{'MRC':>10}{'rob drop':>10}{'|Δ|/|θ|':>9}{'s':>7}"]
+    lines = [
+        "Module Robust Criticality (validation adversarial set; lowest first)",
+        f"{'module':<28}{'params':>10}{'MRC':>10}{'rob drop':>10}{'|Δ|/|θ|':>9}{'s':>7}",
+    ]
     for r in rows:
         mark = "  <- fine-tuned" if r["module"] in chosen else ""
-        lines.append(f"{r['module']:<28}{r['num_params']:>10,}{r['mrc']:>10.4f}{r['rob_acc_drop']:>9.2f}%"
-                     f"{r['relative_norm']:>9.3f}{r['seconds']:>7.1f}{mark}")
+        lines.append(
+            f"{r['module']:<28}{r['num_params']:>10,}{r['mrc']:>10.4f}{r['rob_acc_drop']:>9.2f}%"
+            f"{r['relative_norm']:>9.3f}{r['seconds']:>7.1f}{mark}"
+        )
     return "\n".join(lines)
 
 
@@ -39,9 +43,14 @@ def format_report(report: RiftReport) -> str:
     """The tables the `rift` command prints: MRC per module, the α path, the choice, AT vs RiFT on test."""
     lines = [format_mrc_table([dataclasses.asdict(r) for r in report.mrc], [report.module])]
     ft = report.finetune
-    lines += ["", f"fine-tuned module: {report.module}  (best epoch {ft.best_epoch}/{len(ft.val_acc)} by val accuracy, "
-              f"{ft.seconds:.0f} s)", "",
-              "α path (validation)", f"{'alpha':>6}{'std':>8}{'rob':>8}{'ood':>8}"]
+    lines += [
+        "",
+        f"fine-tuned module: {report.module}  (best epoch {ft.best_epoch}/{len(ft.val_acc)} by val accuracy, "
+        f"{ft.seconds:.0f} s)",
+        "",
+        "α path (validation)",
+        f"{'alpha':>6}{'std':>8}{'rob':>8}{'ood':>8}",
+    ]
     for row in report.path:
         mark = "  <- chosen" if row["alpha"] == report.alpha else ""
         lines.append(f"{row['alpha']:>6.2f}{row[STD_ACC]:>8.2f}{row[ROB_ACC]:>8.2f}{_acc(row, OOD_ACC):>8}{mark}")
@@ -60,16 +69,25 @@ def format_report(report: RiftReport) -> str:
 
 def format_front(report: FrontReport) -> str:
     """The front as a table: validation (selection) and test (report) metrics, the AT model for reference."""
+
     def accs(row: dict, prefix: str = "") -> str:
         return "".join(f"{_acc(row, prefix + k):>8}" for k in (STD_ACC, ROB_ACC, OOD_ACC))
 
-    header = f"{'trial':<14}{'module':<18}{'lr':>9}{'ep':>4}{'alpha':>7} |{'val std':>8}{'rob':>8}{'ood':>8} |" \
-             f"{'test std':>8}{'rob':>8}{'ood':>8}"
-    lines = [f"Pareto front over {', '.join(report.objectives)} (validation); {len(report.front)} of "
-             f"{len(report.trials)} trials", header, "-" * len(header)]
+    header = (
+        f"{'trial':<14}{'module':<18}{'lr':>9}{'ep':>4}{'alpha':>7} |{'val std':>8}{'rob':>8}{'ood':>8} |"
+        f"{'test std':>8}{'rob':>8}{'ood':>8}"
+    )
+    lines = [
+        f"Pareto front over {', '.join(report.objectives)} (validation); {len(report.front)} of "
+        f"{len(report.trials)} trials",
+        header,
+        "-" * len(header),
+    ]
     for t in report.front:
-        lines.append(f"{t['trial_id']:<14}{t['module']:<18}{t['lr']:>9.2e}{t['epochs']:>4}{t['alpha']:>7.2f} |"
-                     f"{accs(t)} |{accs(t, TEST_PREFIX)}")
+        lines.append(
+            f"{t['trial_id']:<14}{t['module']:<18}{t['lr']:>9.2e}{t['epochs']:>4}{t['alpha']:>7.2f} |"
+            f"{accs(t)} |{accs(t, TEST_PREFIX)}"
+        )
     lines.append(f"{'AT model':<52} |{accs(report.at_val)} |{accs(report.at_test)}")
     return "\n".join(lines)
 

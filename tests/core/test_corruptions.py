@@ -112,10 +112,16 @@ def test_elastic_local_deformation_grows_with_severity():
     """The CIFAR-10-C table shrinks the global affine jitter while it raises the local (non-affine)
     displacement, so pixel error falls with severity; the damage is the local warping. Its measure:
     the Laplacian of the sampling map, exactly zero for an affine map."""
+
     def warping(severity: int) -> float:
         source = _elastic_source_coords(16, 32, 32, severity, _gen(0), torch.device("cpu"))
-        lap = (4 * source[:, 1:-1, 1:-1] - source[:, :-2, 1:-1] - source[:, 2:, 1:-1]
-               - source[:, 1:-1, :-2] - source[:, 1:-1, 2:])
+        lap = (
+            4 * source[:, 1:-1, 1:-1]
+            - source[:, :-2, 1:-1]
+            - source[:, 2:, 1:-1]
+            - source[:, 1:-1, :-2]
+            - source[:, 1:-1, 2:]
+        )
         return lap.abs().mean().item()
 
     values = [warping(s) for s in SEVERITIES]
@@ -160,7 +166,7 @@ def test_motion_blur_streaks_an_impulse_along_the_angle():
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 10, 20] = 1
     out = _motion_blur(x, 6, 1.0, torch.tensor([0.0]))[0, 0]
-    taps = torch.exp(-torch.arange(13.0) ** 2 / 2)
+    taps = torch.exp(-(torch.arange(13.0) ** 2) / 2)
     taps /= taps.sum()
     # ImageMagick's kernel at angle 0 reads pixels to the right, so an impulse smears to the left
     assert torch.allclose(out[10, 8:21].flip(0), taps, atol=1e-6)
@@ -246,7 +252,8 @@ def _write_tiny_imagenet_c(folder: Path, wnids: list[str], names: list[str]) -> 
                     value = 40 * k + 10 * i + severity
                     mode = "L" if (k, i) == (0, 1) else "RGB"  # some Tiny-ImageNet JPEGs are grayscale
                     Image.new(mode, (64, 64), value if mode == "L" else (value,) * 3).save(
-                        d / f"val_{k}_{i}.JPEG", format="JPEG", quality=95)
+                        d / f"val_{k}_{i}.JPEG", format="JPEG", quality=95
+                    )
 
 
 def test_read_tiny_imagenet_c_labels_follow_the_wnid_list(tmp_path):
@@ -325,8 +332,14 @@ def test_generated_cache_key_follows_inputs(tmp_path, small_split):
 
 def test_generated_one_channel_small_images(tmp_path):
     x = (_digits(6, 8, 1) * 255).round().to(torch.uint8)
-    ood = load_ood(Split(x, torch.zeros(6, dtype=torch.int64)), dataset="digits", root=None, cache_dir=tmp_path,
-                   corruptions=["glass_blur", "snow", "jpeg_compression"], severities=(5,))
+    ood = load_ood(
+        Split(x, torch.zeros(6, dtype=torch.int64)),
+        dataset="digits",
+        root=None,
+        cache_dir=tmp_path,
+        corruptions=["glass_blur", "snow", "jpeg_compression"],
+        severities=(5,),
+    )
     assert {tuple(s.x.shape) for s in ood.sets.values()} == {(6, 1, 8, 8)}
 
 

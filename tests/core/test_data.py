@@ -31,6 +31,7 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 # --- fixture writers: the official layouts ----------------------------------------------------
 
+
 class _Python2Pickler(pickle._Pickler):
     """Pickles the way Python 2's cPickle wrote the official CIFAR files: str as BINSTRING (which
     encoding="bytes" reads back as bytes) and numpy's module named numpy.core, as numpy 1 did."""
@@ -70,8 +71,15 @@ def write_cifar10(root: Path, per_batch: int = 4) -> dict[str, tuple[np.ndarray,
     written = {}
     for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
         data, labels = _random_cifar_batch(rng, per_batch + i, 10)  # unequal sizes catch a dropped batch
-        _write_python2_pickle(folder / name, {"batch_label": f"batch {name}", "labels": labels, "data": data,
-                                              "filenames": [f"img_{j}.png" for j in range(len(labels))]})
+        _write_python2_pickle(
+            folder / name,
+            {
+                "batch_label": f"batch {name}",
+                "labels": labels,
+                "data": data,
+                "filenames": [f"img_{j}.png" for j in range(len(labels))],
+            },
+        )
         written[name] = (data, labels)
     (folder / "batches.meta").write_bytes(b"")  # present in the real folder, not read
     return written
@@ -85,8 +93,16 @@ def write_cifar100(root: Path) -> dict[str, tuple[np.ndarray, list[int], list[in
     for name, n in (("train", 7), ("test", 3)):
         data, fine = _random_cifar_batch(rng, n, 100)
         coarse = [label // 5 for label in fine]
-        _write_python2_pickle(folder / name, {"filenames": [f"f{j}.png" for j in range(n)], "batch_label": name,
-                                              "fine_labels": fine, "coarse_labels": coarse, "data": data})
+        _write_python2_pickle(
+            folder / name,
+            {
+                "filenames": [f"f{j}.png" for j in range(n)],
+                "batch_label": name,
+                "fine_labels": fine,
+                "coarse_labels": coarse,
+                "data": data,
+            },
+        )
         written[name] = (data, fine, coarse)
     return written
 
@@ -116,7 +132,8 @@ def write_tiny_imagenet(root: Path) -> None:
     for filename, label in annotations:
         _write_jpeg(base / "val" / "images" / filename, TINY_COLORS[label])
     (base / "val" / "val_annotations.txt").write_text(
-        "".join(f"{filename}\t{TINY_WNIDS[label]}\t0\t0\t63\t63\n" for filename, label in annotations))
+        "".join(f"{filename}\t{TINY_WNIDS[label]}\t0\t0\t63\t63\n" for filename, label in annotations)
+    )
     _write_jpeg(base / "test" / "images" / "test_0.JPEG", 99)  # unlabelled, never read
 
 
@@ -138,20 +155,24 @@ def example_ids(split: Split) -> list[int]:
     return (split.x[:, 0, 0, 0].long() + 256 * split.x[:, 0, 0, 1].long()).tolist()
 
 
-def write_mnist_like(root: Path, folder_in_root: str = "", gz: bool = True, n_train: int = 100, n_test: int = 30
-                     ) -> dict[str, np.ndarray]:
+def write_mnist_like(
+    root: Path, folder_in_root: str = "", gz: bool = True, n_train: int = 100, n_test: int = 30
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(2)
     suffix = ".gz" if gz else ""
-    arrays = {"train-images-idx3-ubyte": identifiable_images(n_train, rng),
-              "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
-              "t10k-images-idx3-ubyte": identifiable_images(n_test, rng),
-              "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8)}
+    arrays = {
+        "train-images-idx3-ubyte": identifiable_images(n_train, rng),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": identifiable_images(n_test, rng),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
     for stem, array in arrays.items():
         write_idx(root / folder_in_root / (stem + suffix), array)
     return arrays
 
 
 # --- registry ---------------------------------------------------------------------------------
+
 
 def test_registry_has_the_six_datasets_with_consistent_fields():
     assert set(DATASETS) == {"cifar10", "cifar100", "tiny-imagenet", "fashion-mnist", "mnist", "digits"}
@@ -174,6 +195,7 @@ def test_unknown_dataset_error_lists_known_names():
 
 
 # --- CIFAR ------------------------------------------------------------------------------------
+
 
 def test_cifar10_reads_the_official_pickles(tmp_path):
     written = write_cifar10(tmp_path)
@@ -215,6 +237,7 @@ def test_cifar_reader_refuses_pickles_that_would_run_code(tmp_path):
 
 # --- Tiny-ImageNet ----------------------------------------------------------------------------
 
+
 def test_tiny_imagenet_reads_train_tree_and_val_annotations(tmp_path):
     write_tiny_imagenet(tmp_path)
     train = load_split_arrays("tiny-imagenet", tmp_path, train=True)
@@ -242,6 +265,7 @@ def test_tiny_imagenet_reuses_its_decoded_cache(tmp_path):
 
 
 # --- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name, torchvision_folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
 @pytest.mark.parametrize("layout", ["flat", "torchvision"])
@@ -281,6 +305,7 @@ def test_truncated_gzip_and_bad_magic_give_clear_errors(tmp_path):
 
 # --- missing data -----------------------------------------------------------------------------
 
+
 def test_missing_data_error_names_every_path_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         load_split_arrays("fashion-mnist", tmp_path, train=True)
@@ -304,6 +329,7 @@ def test_missing_data_error_names_every_path_and_the_fix(tmp_path):
 
 
 # --- real data --------------------------------------------------------------------------------
+
 
 @requires("fashion-mnist")
 def test_real_fashion_mnist_loads_in_full():
@@ -332,6 +358,7 @@ def test_digits_load_with_a_fixed_test_split():
 
 # --- splits -----------------------------------------------------------------------------------
 
+
 def test_splits_are_seeded_disjoint_and_sized(tmp_path):
     write_mnist_like(tmp_path, n_train=100, n_test=30)
     splits = load_splits("mnist", tmp_path, val_size=20, seed=3)
@@ -355,20 +382,22 @@ def test_subsets_are_taken_after_the_carve(tmp_path):
     assert (len(small.train), len(small.val), len(small.test)) == (10, 5, 7)
     assert set(example_ids(small.train)) <= set(example_ids(full.train))  # never leaks into val
     assert set(example_ids(small.val)) <= set(example_ids(full.val))
-    assert example_ids(small.val) == example_ids(
-        load_splits("mnist", tmp_path, val_size=20, seed=3, val_subset=5).val)
+    assert example_ids(small.val) == example_ids(load_splits("mnist", tmp_path, val_size=20, seed=3, val_subset=5).val)
     big = load_splits("mnist", tmp_path, val_size=20, seed=3, train_subset=1000)
     assert len(big.train) == 80
 
 
-@pytest.mark.parametrize("kwargs, problem", [
-    ({"val_size": 0}, "val_size must be >= 1"),
-    ({"val_size": 1.0}, r"\(0, 1\)"),
-    ({"val_size": 100}, "leave at least one"),
-    ({"val_size": True}, "val_size"),
-    ({"train_subset": 0}, "train_subset must be a positive int"),
-    ({"test_subset": -3}, "test_subset"),
-])
+@pytest.mark.parametrize(
+    "kwargs, problem",
+    [
+        ({"val_size": 0}, "val_size must be >= 1"),
+        ({"val_size": 1.0}, r"\(0, 1\)"),
+        ({"val_size": 100}, "leave at least one"),
+        ({"val_size": True}, "val_size"),
+        ({"train_subset": 0}, "train_subset must be a positive int"),
+        ({"test_subset": -3}, "test_subset"),
+    ],
+)
 def test_bad_split_arguments_are_rejected(tmp_path, kwargs, problem):
     write_mnist_like(tmp_path, n_train=100, n_test=30)
     with pytest.raises(ValueError, match=problem):
@@ -392,6 +421,7 @@ def test_split_subset_and_validation():
 
 # --- augmentation -----------------------------------------------------------------------------
 
+
 def ramp_batch(n: int, size: int = 8) -> torch.Tensor:
     """n copies of an image with all-distinct, non-zero pixels, increasing left to right."""
     image = (1 + torch.arange(size * size, dtype=torch.float32).view(size, size).T) / (size * size + 1)
@@ -403,7 +433,7 @@ def crop_offset(crop: torch.Tensor, image: torch.Tensor, padding: int) -> tuple[
     size = image.shape[-1]
     for dy in range(2 * padding + 1):
         for dx in range(2 * padding + 1):
-            if torch.equal(crop, padded[..., dy:dy + size, dx:dx + size]):
+            if torch.equal(crop, padded[..., dy : dy + size, dx : dx + size]):
                 return dy, dx
     return None
 
@@ -454,6 +484,7 @@ def test_augment_is_deterministic_per_generator_and_validates():
 
 # --- batching ---------------------------------------------------------------------------------
 
+
 def id_split(n: int) -> Split:
     x = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
     return Split(x, torch.arange(n))
@@ -486,8 +517,9 @@ def test_iterate_batches_drop_last_order_and_validation():
 def test_iterate_batches_augments_on_the_fly():
     split = Split((ramp_batch(64) * 255).round().to(torch.uint8), torch.zeros(64, dtype=torch.int64))
     plain = next(iterate_batches(split, 64))[0]
-    augmented = next(iterate_batches(split, 64, augment="crop", crop_padding=2,
-                                     generator=torch.Generator().manual_seed(0)))[0]
+    augmented = next(
+        iterate_batches(split, 64, augment="crop", crop_padding=2, generator=torch.Generator().manual_seed(0))
+    )[0]
     assert not torch.equal(plain, augmented)
     assert all(crop_offset(a, p, 2) is not None for a, p in zip(augmented, plain))
 

@@ -14,8 +14,9 @@ def test_only_the_chosen_module_changes(digits, fresh_digits_model, bn):
     model = fresh_digits_model
     module = candidate_modules(model)[1]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = finetune_module(model, module, digits.train, digits.val,
-                             FinetuneSettings(lr=0.05, epochs=2, bn=bn), seed=0)
+    result = finetune_module(
+        model, module, digits.train, digits.val, FinetuneSettings(lr=0.05, epochs=2, bn=bn), seed=0
+    )
     changed = changed_entries(before, result.best_state)
     assert f"{module}.weight" in changed
     bn_stats = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
@@ -28,8 +29,13 @@ def test_only_the_chosen_module_changes(digits, fresh_digits_model, bn):
 
 
 def test_best_epoch_is_the_one_with_the_best_validation_accuracy(digits, fresh_digits_model):
-    result = finetune_module(fresh_digits_model, candidate_modules(fresh_digits_model)[-1], digits.train, digits.val,
-                             FinetuneSettings(lr=0.05, epochs=3))
+    result = finetune_module(
+        fresh_digits_model,
+        candidate_modules(fresh_digits_model)[-1],
+        digits.train,
+        digits.val,
+        FinetuneSettings(lr=0.05, epochs=3),
+    )
     assert len(result.val_acc) == 3
     assert result.val_acc[result.best_epoch - 1] == max(result.val_acc)
 

@@ -9,8 +9,9 @@ from conftest import DIGITS_PGD
 
 @pytest.fixture(scope="module")
 def adversarial(digits, digits_model):
-    return attack_split(DIGITS_PGD, digits_model, digits.val, batch_size=256, device="cpu",
-                        generator=torch.Generator().manual_seed(0))
+    return attack_split(
+        DIGITS_PGD, digits_model, digits.val, batch_size=256, device="cpu", generator=torch.Generator().manual_seed(0)
+    )
 
 
 def weight_of(model, name):
@@ -20,8 +21,10 @@ def weight_of(model, name):
 @pytest.mark.parametrize("variant", ["paper", "reference"])
 def test_mrc_respects_the_norm_ball_and_is_nonnegative(fresh_digits_model, adversarial, variant):
     settings = MRCSettings(epsilon=0.1, epochs=4, step_size=1.0, batch_size=128, variant=variant)
-    results = [module_robust_criticality(fresh_digits_model, name, adversarial, settings)
-               for name in candidate_modules(fresh_digits_model)]
+    results = [
+        module_robust_criticality(fresh_digits_model, name, adversarial, settings)
+        for name in candidate_modules(fresh_digits_model)
+    ]
     for r in results:
         assert r.mrc >= 0, r
         assert r.relative_norm <= 0.1 + 1e-5, r
@@ -71,8 +74,9 @@ def test_unknown_module_is_refused_with_the_candidates(digits_model, adversarial
         module_robust_criticality(digits_model, "layer9", adversarial)
 
 
-@pytest.mark.parametrize("field,value", [("epsilon", 0.0), ("epsilon", -1.0), ("epochs", 0), ("step_size", 0.0),
-                                         ("variant", "other")])
+@pytest.mark.parametrize(
+    "field,value", [("epsilon", 0.0), ("epsilon", -1.0), ("epochs", 0), ("step_size", 0.0), ("variant", "other")]
+)
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         MRCSettings(**{field: value})

@@ -38,8 +38,11 @@ def test_alpha_rule_boundary_is_inclusive_and_tolerance_checked():
 def brute_force_front(points):
     keep = []
     for i, p in enumerate(points):
-        dominated = any(all(q[k] >= p[k] for k in range(len(p))) and any(q[k] > p[k] for k in range(len(p)))
-                        for j, q in enumerate(points) if j != i)
+        dominated = any(
+            all(q[k] >= p[k] for k in range(len(p))) and any(q[k] > p[k] for k in range(len(p)))
+            for j, q in enumerate(points)
+            if j != i
+        )
         keep.append(not dominated)
     return np.array(keep)
 

@@ -40,8 +40,11 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-SPACE = {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 1, "high": 2},
-         "alpha": {"low": 0.0, "high": 1.0}}
+SPACE = {
+    "lr": {"low": 0.001, "high": 0.1, "log": True},
+    "epochs": {"low": 1, "high": 2},
+    "alpha": {"low": 0.0, "high": 1.0},
+}
 
 
 @dataclasses.dataclass
@@ -53,10 +56,29 @@ class SshHead:
 
     def run(self, command: str) -> str:
         """A command on the head, over SSH, outside the launcher."""
-        result = subprocess.run(["ssh", "-i", str(self.key), "-p", str(self.port), "-o", "StrictHostKeyChecking=no",
-                                 "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
-                                 "-o", "LogLevel=ERROR", "root@127.0.0.1", command],
-                                capture_output=True, text=True, timeout=30, check=True)
+        result = subprocess.run(
+            [
+                "ssh",
+                "-i",
+                str(self.key),
+                "-p",
+                str(self.port),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "root@127.0.0.1",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         return result.stdout
 
 
@@ -76,15 +98,25 @@ def ssh_head(tmp_path) -> Iterator[SshHead]:
     (folder / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\nPidFile none\nUsePAM no\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        "AuthorizedKeysFile .ssh/authorized_keys\n")
+        "AuthorizedKeysFile .ssh/authorized_keys\n"
+    )
     made_privsep = not Path("/run/sshd").exists()  # sshd refuses to start without it (the package's init makes it)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     Path("/tmp/ray").mkdir(exist_ok=True)  # a mount point for the head's own /tmp/ray
-    inside = " && ".join([*_keep_visible(home), f"mount --rbind {home} {Path.home()}",
-                          f"mount --bind {ray_tmp} /tmp/ray", f"exec {SSHD} -D -e -f {folder / 'sshd_config'}"])
+    inside = " && ".join(
+        [
+            *_keep_visible(home),
+            f"mount --rbind {home} {Path.home()}",
+            f"mount --bind {ray_tmp} /tmp/ray",
+            f"exec {SSHD} -D -e -f {folder / 'sshd_config'}",
+        ]
+    )
     with open(folder / "sshd.log", "w") as log:
-        namespace = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c",
-                                      inside], stdout=log, stderr=subprocess.STDOUT)
+        namespace = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", inside],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     sshd_pid = 0
     try:
         sshd_pid = wait_for(lambda: _sshd_up(namespace, port, folder / "sshd.log"), timeout=20)
@@ -149,15 +181,20 @@ def local_cluster_config(head: SshHead, name: str, gcs_port: int, mlflow_port: i
     assert config["provider"]["type"] == "local" and "available_node_types" not in config
     config["cluster_name"] = name
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
-    config["auth"] = {"ssh_user": "root", "ssh_private_key": str(head.key),
-                      "ssh_proxy_command": f"nc %h {head.port}"}
-    environment = [f"export PATH={Path(sys.executable).parent}:$PATH", "export PYTHONPATH=~/rift-sweep",
-                   "export RAY_USAGE_STATS_ENABLED=0"]
+    config["auth"] = {"ssh_user": "root", "ssh_private_key": str(head.key), "ssh_proxy_command": f"nc %h {head.port}"}
+    environment = [
+        f"export PATH={Path(sys.executable).parent}:$PATH",
+        "export PYTHONPATH=~/rift-sweep",
+        "export RAY_USAGE_STATS_ENABLED=0",
+    ]
     config["setup_commands"] = [f"echo '{line}' >> ~/.bashrc" for line in environment]
-    config["head_start_ray_commands"] = _substitute(config["head_start_ray_commands"], {
-        "--port=6379": f"--port={gcs_port} --include-dashboard=false --dashboard-agent-listen-port={free_port()}",
-        "--port 5000": f"--port {mlflow_port}",
-    })
+    config["head_start_ray_commands"] = _substitute(
+        config["head_start_ray_commands"],
+        {
+            "--port=6379": f"--port={gcs_port} --include-dashboard=false --dashboard-agent-listen-port={free_port()}",
+            "--port 5000": f"--port {mlflow_port}",
+        },
+    )
     return config
 
 
@@ -176,8 +213,9 @@ def launcher(*args: str, timeout: float) -> subprocess.CompletedProcess:
     """A `ray` cluster-launcher command run from the repository root, as the README says."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    result = subprocess.run([RAY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env,
-                            check=False)
+    result = subprocess.run(
+        [RAY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
     assert result.returncode == 0, f"ray {' '.join(args)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -236,17 +274,39 @@ def test_ray_up_submit_down_on_this_machine(ssh_head, tmp_path, digits_checkpoin
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(yaml.safe_dump(local_cluster_config(ssh_head, name, free_port(), mlflow_port)))
     (tmp_path / "sweep").mkdir()
-    sweep_config = write_digits_config(tmp_path / "sweep", digits_checkpoint, name="cluster-e2e",
-                                       search={"space": SPACE, "num_samples": 4, "max_concurrent": 2})
+    sweep_config = write_digits_config(
+        tmp_path / "sweep",
+        digits_checkpoint,
+        name="cluster-e2e",
+        search={"space": SPACE, "num_samples": 4, "max_concurrent": 2},
+    )
     output = tmp_path / "sweep" / "shared-output"  # on a cluster: an NFS folder at the same path on every node
     try:
         launcher("up", "-y", "--no-config-cache", str(cluster), timeout=120)
-        where = launcher("exec", "--no-config-cache", str(cluster),
-                         "python -c 'import rift_sweep; print(rift_sweep.__file__)'", timeout=60)
+        where = launcher(
+            "exec",
+            "--no-config-cache",
+            str(cluster),
+            "python -c 'import rift_sweep; print(rift_sweep.__file__)'",
+            timeout=60,
+        )
         assert f"{Path.home()}/rift-sweep/rift_sweep/__init__.py" in where.stdout  # the copy file_mounts synced
-        submitted = launcher("submit", "--no-config-cache", str(cluster), "rift_sweep/run.py", "--",
-                             "--config", str(sweep_config), "--num-samples", "2", "--output", str(output),
-                             "--tracking-uri", f"http://127.0.0.1:{mlflow_port}", timeout=240)
+        submitted = launcher(
+            "submit",
+            "--no-config-cache",
+            str(cluster),
+            "rift_sweep/run.py",
+            "--",
+            "--config",
+            str(sweep_config),
+            "--num-samples",
+            "2",
+            "--output",
+            str(output),
+            "--tracking-uri",
+            f"http://127.0.0.1:{mlflow_port}",
+            timeout=240,
+        )
         assert "Pareto front" in submitted.stdout
     finally:
         try:

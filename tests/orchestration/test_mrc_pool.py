@@ -29,8 +29,9 @@ def local_ray():
 def test_pool_matches_single_process_and_resume_computes_only_missing(local_ray, digits_config):
     config = digits_config()
     stage = run_mrc_stage(config, workers=2, progress=False)
-    single = {r.module: r for r in score_modules(load_experiment(config), [r["module"] for r in stage.rows],
-                                                 progress=False)}
+    single = {
+        r.module: r for r in score_modules(load_experiment(config), [r["module"] for r in stage.rows], progress=False)
+    }
     assert len(stage.rows) == len(single) == len(stage.computed) == 5
     for row in stage.rows:
         assert row["mrc"] == pytest.approx(single[row["module"]].mrc, rel=1e-4, abs=1e-6)

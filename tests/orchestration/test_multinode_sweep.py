@@ -26,8 +26,11 @@ from conftest import wait_for, write_digits_config
 pytestmark = pytest.mark.slow
 
 NUM_SAMPLES = 4
-SPACE = {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 3, "high": 4},
-         "alpha": {"low": 0.0, "high": 1.0}}
+SPACE = {
+    "lr": {"low": 0.001, "high": 0.1, "log": True},
+    "epochs": {"low": 3, "high": 4},
+    "alpha": {"low": 0.0, "high": 1.0},
+}
 
 
 def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, tmp_path, digits_checkpoint):
@@ -58,18 +61,24 @@ def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, tmp_path, digit
 
 
 def _finished_children(db: Path) -> int:
-    rows = _query(db, "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-                      "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'")
+    rows = _query(
+        db,
+        "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+        "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'",
+    )
     return rows[0][0] if rows else 0
 
 
 def _trial_mid_finetune(db: Path) -> tuple[str, int] | None:
     """(run id, pid) of a running trial with at least one fine-tuning epoch still to go."""
-    rows = _query(db, "SELECT runs.run_uuid, pid.value FROM runs "
-                      "JOIN tags AS pid ON pid.run_uuid = runs.run_uuid AND pid.key = 'rift.pid' "
-                      "JOIN latest_metrics AS epoch ON epoch.run_uuid = runs.run_uuid AND epoch.key = 'epoch' "
-                      "JOIN params AS epochs ON epochs.run_uuid = runs.run_uuid AND epochs.key = 'epochs' "
-                      "WHERE runs.status = 'RUNNING' AND epoch.value < CAST(epochs.value AS INTEGER)")
+    rows = _query(
+        db,
+        "SELECT runs.run_uuid, pid.value FROM runs "
+        "JOIN tags AS pid ON pid.run_uuid = runs.run_uuid AND pid.key = 'rift.pid' "
+        "JOIN latest_metrics AS epoch ON epoch.run_uuid = runs.run_uuid AND epoch.key = 'epoch' "
+        "JOIN params AS epochs ON epochs.run_uuid = runs.run_uuid AND epochs.key = 'epochs' "
+        "WHERE runs.status = 'RUNNING' AND epoch.value < CAST(epochs.value AS INTEGER)",
+    )
     return (rows[0][0], int(rows[0][1])) if rows else None
 
 
@@ -92,5 +101,3 @@ def _node_of(pid: int, nodes):
             return raylets[pid]
         pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     raise AssertionError("the trial does not run on a worker node")
-
-

@@ -25,13 +25,20 @@ from conftest import free_port, wait_for, write_digits_config
 
 pytestmark = pytest.mark.slow
 
-SPACE = {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 1, "high": 3},
-         "alpha": {"low": 0.0, "high": 1.0}}
+SPACE = {
+    "lr": {"low": 0.001, "high": 0.1, "log": True},
+    "epochs": {"low": 1, "high": 3},
+    "alpha": {"low": 0.0, "high": 1.0},
+}
 
 
 def sweep_config(folder, checkpoint, *, num_samples=4, max_concurrent=2, space=SPACE, **overrides):
-    return write_digits_config(folder, checkpoint, search={"space": space, "num_samples": num_samples,
-                                                           "max_concurrent": max_concurrent}, **overrides)
+    return write_digits_config(
+        folder,
+        checkpoint,
+        search={"space": space, "num_samples": num_samples, "max_concurrent": max_concurrent},
+        **overrides,
+    )
 
 
 def children(tracker, status=None):
@@ -120,10 +127,26 @@ def test_every_trial_and_its_alpha_path_reached_optuna(finished_sweep):
 def test_cached_finetunes_are_reused_over_a_real_mlflow_server(tmp_path, digits_checkpoint, ray_shutdown):
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     try:
         uri = f"http://127.0.0.1:{port}"
         wait_for(lambda: urllib.request.urlopen(f"{uri}/health").status == 200, timeout=90)
@@ -167,8 +190,14 @@ def test_sigkill_of_the_driver_then_resume_reaches_the_same_end_state(tmp_path, 
 
 def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path, digits_checkpoint, ray_shutdown):
     slow = {"lr": {"low": 0.001, "high": 0.01, "log": True}, "alpha": {"low": 0.0, "high": 1.0}}
-    path = sweep_config(tmp_path, digits_checkpoint, num_samples=1, max_concurrent=1, space=slow,
-                        finetune={"epochs": 4, "batch_size": 4})
+    path = sweep_config(
+        tmp_path,
+        digits_checkpoint,
+        num_samples=1,
+        max_concurrent=1,
+        space=slow,
+        finetune={"epochs": 4, "batch_size": 4},
+    )
     config = load_config(path)
     ray.init(num_cpus=2, include_dashboard=False)
     box = {}
@@ -187,14 +216,17 @@ def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path,
     assert_in_study(optuna_study(config), done)
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"search": {"sampler": "grid"}}, "config.search.sampler"),
-    ({"search": {"space": {}}}, "space is empty"),
-    ({"search": {"space": {"lr": {"low": 0.1, "high": 0.01}}}}, "low \\(0.1\\) must be < high"),
-    ({"search": {"space": {"alpha": {"low": -0.5, "high": 1.0}}}}, "alpha must lie within"),
-    ({"modules": {"choice": "named", "name": "layer2.1.conv2"}}, "not a candidate module of small_cnn"),
-    ({"search": {"num_samples": 0}}, "num_samples must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"search": {"sampler": "grid"}}, "config.search.sampler"),
+        ({"search": {"space": {}}}, "space is empty"),
+        ({"search": {"space": {"lr": {"low": 0.1, "high": 0.01}}}}, "low \\(0.1\\) must be < high"),
+        ({"search": {"space": {"alpha": {"low": -0.5, "high": 1.0}}}}, "alpha must lie within"),
+        ({"modules": {"choice": "named", "name": "layer2.1.conv2"}}, "not a candidate module of small_cnn"),
+        ({"search": {"num_samples": 0}}, "num_samples must be >= 1"),
+    ],
+)
 def test_bad_configs_are_refused_before_ray_starts(tmp_path, digits_checkpoint, capsys, override, message):
     path = write_digits_config(tmp_path, digits_checkpoint, **override)
     assert cli.main(["sweep", "--config", str(path)]) == 2
@@ -209,8 +241,10 @@ def _finished_children(config) -> int:
     db = config.output_path / "mlflow.db"
     if not db.exists():
         return 0
-    query = ("SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-             "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'")
+    query = (
+        "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+        "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'"
+    )
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
             return connection.execute(query).fetchone()[0]
@@ -223,5 +257,3 @@ def _running_with_epoch(tracker):
         if PID_TAG in run.data.tags and run.data.metrics.get("epoch", 0) >= 1:
             return run
     return None
-
-

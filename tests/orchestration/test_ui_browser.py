@@ -27,22 +27,36 @@ from rift_sweep.orchestration.tracking import SweepTracker, child_runs
 from conftest import free_port, wait_for, write_digits_config
 from helpers import CHROMIUM, requires
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SPACE = {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 1, "high": 2},
-         "alpha": {"low": 0.0, "high": 1.0}}
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SPACE = {
+    "lr": {"low": 0.001, "high": 0.1, "log": True},
+    "epochs": {"low": 1, "high": 2},
+    "alpha": {"low": 0.0, "high": 1.0},
+}
 NAME = "ui-sweep"
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright; no browser "
-                                                              "download: it drives the system Chromium)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="needs playwright (pip install playwright; no browser download: it drives the system Chromium)",
+)
 pytestmark = [pytest.mark.slow, requires("chromium")]
 
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, digits_checkpoint):
     folder = tmp_path_factory.mktemp("ui-sweep")
-    path = write_digits_config(folder, digits_checkpoint, name=NAME,
-                               search={"space": SPACE, "num_samples": 3, "max_concurrent": 2})
+    path = write_digits_config(
+        folder, digits_checkpoint, name=NAME, search={"space": SPACE, "num_samples": 3, "max_concurrent": 2}
+    )
     try:
         assert cli.main(["sweep", "--config", str(path)]) == 0
     finally:
@@ -60,9 +74,24 @@ def ui_url(finished_sweep, tmp_path_factory):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log_path, "w") as log:
         # Its own session: the CLI, `mlflow server` and its uvicorn worker get Ctrl-C together at the end.
-        ui = subprocess.Popen([sys.executable, "-m", "rift_sweep.cli", "ui", "--sweep", NAME, "--output",
-                               str(finished_sweep.config.output_path), "--port", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        ui = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rift_sweep.cli",
+                "ui",
+                "--sweep",
+                NAME,
+                "--output",
+                str(finished_sweep.config.output_path),
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         wait_for(lambda: _healthy(port), timeout=60)
         printed = re.search(r"MLflow UI: (\S+)", log_path.read_text())
@@ -81,8 +110,12 @@ def ui_url(finished_sweep, tmp_path_factory):
 def page(tmp_path):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1600, "height": 1000})
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1000},
+        )
         try:
             yield browser.new_page()
         finally:
@@ -93,9 +126,11 @@ def test_the_printed_url_opens_the_sweeps_runs(ui_url, page, finished_sweep, tmp
     page.goto(ui_url)
     shown = _appears(page.get_by_role("link", name=NAME, exact=True), timeout_ms=20_000)
     page.screenshot(path=str(tmp_path / "printed_url.png"))
-    assert shown, (f"`rift-sweep ui` printed {ui_url}, which opened {page.url} without the sweep's runs "
-                   f"(MLflow 3 opens a bare #/experiments/ID on its GenAI overview); the runs table is "
-                   f"{runs_table_url(ui_url, finished_sweep.experiment_id)}")
+    assert shown, (
+        f"`rift-sweep ui` printed {ui_url}, which opened {page.url} without the sweep's runs "
+        f"(MLflow 3 opens a bare #/experiments/ID on its GenAI overview); the runs table is "
+        f"{runs_table_url(ui_url, finished_sweep.experiment_id)}"
+    )
     assert f"/experiments/{finished_sweep.experiment_id}/runs" in page.url
 
 
@@ -151,5 +186,3 @@ def _healthy(port: int) -> bool:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
     except OSError:
         return False
-
-
