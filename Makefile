@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# robustbench only for its architecture files (the parity tests load them by path): it does not import on
+# current setuptools, and its dependencies (timm, autoattack from git) are not needed.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps robustbench==1.1.1
 	touch $@
 
 # A whole sweep (stage 1 + Tune/Optuna + front) into a fresh folder; earlier demo runs are kept.

@@ -4,9 +4,11 @@ Architectures keep the module names of the repositories that published robust ch
 checkpoints load strictly and MRC module names match the paper (e.g. ``layer2.1.conv2``,
 ``block1.layer.3.conv2``):
 
-- ``resnet18`` / ``resnet34``: CIFAR ResNet of kuangliu/pytorch-cifar (the RiFT reference code's copy).
+- ``resnet18`` / ``resnet34``: CIFAR ResNet of kuangliu/pytorch-cifar (the RiFT reference code's copy);
+  :func:`resnet50` (bottleneck blocks) is built by RobustBench entries only.
 - ``preact_resnet18``: PreAct ResNet-18 of the robust-training repos (Rice et al. robust_overfitting,
-  Bag-of-Tricks-for-AT), which add a final ``bn`` before the classifier.
+  Bag-of-Tricks-for-AT), which add a final ``bn`` before the classifier; :class:`PreActResNet` also builds
+  the variants without it (``final_bn=False``) and with raw-input projections (``project_activated=False``).
 - ``wrn34_10``: WideResNet-34-10 of TRADES (also used by MART, AWP and the RiFT reference code).
 - ``small_cnn``: a 3-conv network for 8x8 / 28x28 / 32x32 inputs that trains fast on a CPU.
 
@@ -25,8 +27,10 @@ Checkpoint layouts accepted by :func:`load_state_dict_file` / :func:`load_weight
 Not accepted: whole pickled ``nn.Module`` objects (weights_only loading refuses arbitrary classes by
 design) and models wrapped as ``Sequential(normalize, model)`` (``1.``-prefixed keys). Known layout gaps,
 reported key by key by :func:`load_weights`: the RiFT reference code pools 64x64 inputs to 2x2, so its
-Tiny-ImageNet classifiers take 2048 features (ours pool to 1x1: 512); kuangliu's own PreActResNet has
-no final ``bn``.
+Tiny-ImageNet classifiers take 2048 features (ours pool to 1x1: 512).
+
+RobustBench's CIFAR entries (WideResNets at any size, DeepMind's Swish nets, ResNet/PreAct ResNet
+variants) live in :mod:`rift_sweep.core.robustbench`.
 """
 
 from __future__ import annotations
@@ -83,8 +87,9 @@ class Normalize(nn.Module):
         super().__init__()
         mean_t = _per_channel(mean, channels, "mean")
         std_t = _per_channel(std, channels, "std")
-        if (std_t <= 0).any():
-            raise ValueError(f"normalisation std must be positive; got {std_t.tolist()}")
+        # Checked on the Python values so that models can be built on the "meta" device (shapes, no memory).
+        if any(float(v) <= 0 for v in std):
+            raise ValueError(f"normalisation std must be positive; got {[float(v) for v in std]}")
         self.register_buffer("mean", mean_t.view(1, channels, 1, 1), persistent=False)
         self.register_buffer("std", std_t.view(1, channels, 1, 1), persistent=False)
 
@@ -97,6 +102,17 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+    def set(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Change the statistics in place (the layer keeps its place, device and hooks)."""
+        other = Normalize(mean, std, self.mean.shape[1])
+        with torch.no_grad():
+            self.mean.copy_(other.mean)
+            self.std.copy_(other.std)
+
+    def pre_hook(self, module: nn.Module, args: tuple) -> tuple:
+        """As a forward pre-hook: normalise another module's input (a user's model keeps its own keys)."""
+        return (self(args[0]), *args[1:])
 
 
 def _identity_normalize(channels: int) -> Normalize:
@@ -133,28 +149,75 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def _stage(block: type[nn.Module], in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+class Bottleneck(nn.Module):
+    """kuangliu bottleneck: 1x1 conv1/bn1, 3x3 conv2/bn2 (strided), 1x1 conv3/bn3 to 4x planes, shortcut."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != out_planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_planes),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def _stage(
+    block: type[BasicBlock | Bottleneck | PreActBlock],
+    in_planes: int,
+    planes: int,
+    num_blocks: int,
+    stride: int,
+    **block_kwargs: bool,
+) -> nn.Sequential:
     """One ResNet stage: the first block may downsample, the rest keep the resolution."""
     strides = [stride] + [1] * (num_blocks - 1)
-    return nn.Sequential(*[block(in_planes if i == 0 else planes, planes, s) for i, s in enumerate(strides)])
+    out_planes = planes * block.expansion
+    return nn.Sequential(
+        *[block(in_planes if i == 0 else out_planes, planes, s, **block_kwargs) for i, s in enumerate(strides)]
+    )
 
 
 class ResNet(nn.Module):
     """CIFAR ResNet: 3x3 stem with stride 1 and no max-pool, four stages (64-128-256-512), linear head.
 
-    Global average pooling is adaptive, so 32x32 and 64x64 (Tiny-ImageNet) inputs both give 512 features.
+    Global average pooling is adaptive, so 32x32 and 64x64 (Tiny-ImageNet) inputs both give 512 features
+    (2048 with :class:`Bottleneck` blocks).
     """
 
-    def __init__(self, num_blocks: Sequence[int], num_classes: int, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        num_blocks: Sequence[int],
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        block: type[BasicBlock | Bottleneck] = BasicBlock,
+    ) -> None:
         super().__init__()
+        e = block.expansion
         self.normalize = _identity_normalize(in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = _stage(BasicBlock, 64, 64, num_blocks[0], stride=1)
-        self.layer2 = _stage(BasicBlock, 64, 128, num_blocks[1], stride=2)
-        self.layer3 = _stage(BasicBlock, 128, 256, num_blocks[2], stride=2)
-        self.layer4 = _stage(BasicBlock, 256, 512, num_blocks[3], stride=2)
-        self.linear = nn.Linear(512, num_classes)
+        self.layer1 = _stage(block, 64, 64, num_blocks[0], stride=1)
+        self.layer2 = _stage(block, 64 * e, 128, num_blocks[1], stride=2)
+        self.layer3 = _stage(block, 128 * e, 256, num_blocks[2], stride=2)
+        self.layer4 = _stage(block, 256 * e, 512, num_blocks[3], stride=2)
+        self.linear = nn.Linear(512 * e, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
@@ -168,12 +231,17 @@ class ResNet(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation block: bn1, conv1, bn2, conv2, shortcut (a 1x1 conv, present only when shapes change)."""
+    """Pre-activation block: bn1, conv1, bn2, conv2, shortcut (a 1x1 conv, present only when shapes change).
+
+    The projection shortcut sees the pre-activated input; ``project_activated=False`` gives it the raw input
+    instead, as RobustBench's ``PreActBlock`` does by default (Wong et al. 2020's fast-AT ResNet).
+    """
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, project_activated: bool = True) -> None:
         super().__init__()
+        self.project_activated = project_activated
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -184,31 +252,45 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
-        # The projection shortcut sees the pre-activated input; the identity sees the raw input.
-        shortcut = x if self.shortcut is None else self.shortcut(out)
+        # The identity always sees the raw input.
+        shortcut = x if self.shortcut is None else self.shortcut(out if self.project_activated else x)
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
 
 
 class PreActResNet(nn.Module):
-    """PreAct ResNet with a final BN + ReLU before pooling (``bn``), as in the robust-training repos."""
+    """PreAct ResNet with a final BN + ReLU before pooling (``bn``), as in the robust-training repos.
 
-    def __init__(self, num_blocks: Sequence[int], num_classes: int, in_channels: int = 3) -> None:
+    ``final_bn=False`` drops that ``bn`` (kuangliu's and Wong et al.'s layout); ``project_activated`` goes to
+    every :class:`PreActBlock`.
+    """
+
+    def __init__(
+        self,
+        num_blocks: Sequence[int],
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        final_bn: bool = True,
+        project_activated: bool = True,
+    ) -> None:
         super().__init__()
+        block_kwargs = {"project_activated": project_activated}
         self.normalize = _identity_normalize(in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self.layer1 = _stage(PreActBlock, 64, 64, num_blocks[0], stride=1)
-        self.layer2 = _stage(PreActBlock, 64, 128, num_blocks[1], stride=2)
-        self.layer3 = _stage(PreActBlock, 128, 256, num_blocks[2], stride=2)
-        self.layer4 = _stage(PreActBlock, 256, 512, num_blocks[3], stride=2)
-        self.bn = nn.BatchNorm2d(512)
+        self.layer1 = _stage(PreActBlock, 64, 64, num_blocks[0], stride=1, **block_kwargs)
+        self.layer2 = _stage(PreActBlock, 64, 128, num_blocks[1], stride=2, **block_kwargs)
+        self.layer3 = _stage(PreActBlock, 128, 256, num_blocks[2], stride=2, **block_kwargs)
+        self.layer4 = _stage(PreActBlock, 256, 512, num_blocks[3], stride=2, **block_kwargs)
+        self.bn = nn.BatchNorm2d(512) if final_bn else None
         self.linear = nn.Linear(512, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv1(self.normalize(x))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.relu(self.bn(out))
+        if self.bn is not None:
+            out = F.relu(self.bn(out))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
@@ -342,6 +424,11 @@ def resnet18(num_classes: int, in_channels: int = 3) -> ResNet:
 
 def resnet34(num_classes: int, in_channels: int = 3) -> ResNet:
     return ResNet((3, 4, 6, 3), num_classes, in_channels)
+
+
+def resnet50(num_classes: int, in_channels: int = 3) -> ResNet:
+    """Bottleneck ResNet-50 in the kuangliu layout (RobustBench's Engstrom2019Robustness); not in MODELS."""
+    return ResNet((3, 4, 6, 3), num_classes, in_channels, block=Bottleneck)
 
 
 def preact_resnet18(num_classes: int, in_channels: int = 3) -> PreActResNet:
@@ -485,7 +572,7 @@ def _strip_prefixes(key: str) -> str:
         stripped = False
         for prefix in _KEY_PREFIXES:
             if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
+                key, stripped = key[len(prefix) :], True
     return key
 
 
