@@ -53,6 +53,22 @@ class AdversarialSet:
         return AdversarialSet(self.x.to(device), self.y.to(device))
 
 
+@dataclass
+class AttackCost:
+    """Model passes an attack spent, counted per example: what evaluation time is made of.
+
+    gradient_evals: forward+backward passes, one per example per PGD step (N examples x `steps` for a
+        last-iterate attack; fewer with early stopping, which drops broken examples).
+    forward_evals: forward-only passes, one per example: the clean check, the final check of the last iterate,
+        and the comparison of restarts.
+
+    Pass one object to as many calls as should be added up; it is only ever incremented.
+    """
+
+    gradient_evals: int = 0
+    forward_evals: int = 0
+
+
 @dataclass(frozen=True)
 class PGD:
     r"""PGD in the paper 'Towards Deep Learning Models Resistant to Adversarial Attacks' (Madry et al., ICLR 2018)
@@ -73,9 +89,14 @@ class PGD:
         - y: (N) int64 with 0 <= y_i < number of classes.
         - output: (N, C, H, W) float, ‖output − x‖∞ <= eps, values in [0, 1].
 
+    Random starts: every call draws the starts of all restarts for the whole batch at once, before attacking
+    ([restarts, N, C, H, W] uniform draws on `generator`), so the starts of an example, and the generator's state
+    afterwards, do not depend on which examples were dropped along the way.
+
     Examples::
         >>> pgd = PGD(eps=8/255, step_size=2/255, steps=10)
         >>> x_adv = pgd.perturb(model, x, y, generator=torch.Generator().manual_seed(0))
+        >>> robust = pgd.robust_correct(model, x, y, generator=torch.Generator().manual_seed(0))
     """
 
     eps: float = 8 / 255
@@ -106,56 +127,173 @@ class PGD:
         *,
         generator: torch.Generator | None = None,
         amp: bool = False,
+        cost: AttackCost | None = None,
     ) -> Tensor:
-        """Adversarial examples for the batch (x, y); the model is left exactly as found.
+        """Adversarial examples for the batch (x, y), each the last iterate of its (worst) restart; the model is
+        left exactly as found. Use these to train on or to keep (MRC's fixed set); to count robust examples use
+        `robust_correct`, which also counts examples fooled only at an intermediate step.
 
         The random starts are drawn on `generator`'s device (the global CPU generator when None) and moved
         to x's device, so a CPU generator gives the same starts on every device. `amp` runs the model's
         forward under autocast (bf16 where supported, else fp16) on CUDA; the perturbation stays fp32.
-        It is ignored on other devices.
+        It is ignored on other devices. `cost`, when given, is incremented by the passes spent.
         """
         _check_batch(model, x, y)
         if len(x) == 0:
             return x.detach().clone()
         amp_dtype = _amp_dtype() if amp and x.device.type == "cuda" else None
+        starts = self._draw_starts(x, generator)
+        cost = cost if cost is not None else AttackCost()
         # Frozen parameters: the forward saves nothing for weight gradients, and BatchNorm's backward does less work.
         with eval_mode(model), only_trainable(model), torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone()  # a normal tensor, even if the caller's was made under inference_mode
             if self.restarts == 1:
-                return self._attack_once(model, x, y, generator, amp_dtype)
+                return self._attack_once(model, x, y, _start(starts, 0, None, x), amp_dtype, cost)
             adv = x.clone()
             best_loss = torch.full((len(x),), -math.inf, device=x.device)
             todo = torch.arange(len(x), device=x.device)
-            for _ in range(self.restarts):
-                candidate = self._attack_once(model, x[todo], y[todo], generator, amp_dtype)
-                adv, best_loss, fooled = _keep_worst(model, candidate, y, todo, adv, best_loss, amp_dtype)
+            for restart in range(self.restarts):
+                start = _start(starts, restart, todo, x)
+                candidate = self._attack_once(model, x[todo], y[todo], start, amp_dtype, cost)
+                adv, best_loss, fooled = _keep_worst(model, candidate, y, todo, adv, best_loss, amp_dtype, cost)
                 todo = todo[~fooled]
                 if len(todo) == 0:
                     break
             return adv
 
-    def _attack_once(
-        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, amp_dtype: torch.dtype | None
+    def robust_correct(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        amp: bool = False,
+        cost: AttackCost | None = None,
+        skip: Tensor | None = None,
     ) -> Tensor:
-        """One PGD run from one start; the feasible box is [x − eps, x + eps] ∩ [0, 1]."""
-        lower = (x - self.eps).clamp_(min=0.0)
-        upper = (x + self.eps).clamp_(max=1.0)
-        adv = (x + self._random_start(x, generator) if self.random_start else x.clone()).clamp_(lower, upper)
-        for _ in range(self.steps):
-            adv.requires_grad_(True)
-            with _autocast(x.device, amp_dtype):
-                logits = model(adv)
-            # Summed, not averaged: the same gradient signs, but unscaled by 1/N, so half precision underflows less.
-            loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, adv)
-            adv = adv.detach().add_(grad.sign_(), alpha=self.step_size).clamp_(lower, upper)
-        return adv.detach()
+        """Which examples withstand the attack, with early stopping (AutoAttack's convention): bool [N] on x's device.
 
-    def _random_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        Example i counts as robust (True) only if the model classifies correctly its clean image and every
+        PGD iterate of every restart: the start x_0 (random, or x itself), each of the `steps` updates x_1 ...
+        x_steps. It counts as broken (False) as soon as one of them is misclassified, and is then dropped from
+        the batch: no further steps or restarts are spent on it. Examples misclassified clean are broken
+        without any attack. From the same generator the starts and steps are those of `perturb`, so it never
+        counts more robust examples than `perturb`'s last iterates do (up to float rounding that may differ
+        between batch sizes), and usually a few fewer.
+
+        Cost: one fp32 forward per example for the clean check; per step, one forward+backward per example
+        still standing, whose logits (at the current iterate, under autocast when `amp`) also decide who is
+        fooled there, so no extra forward is spent; after the last step one fp32 forward on the survivors
+        judges the last iterate. `cost`, when given, is incremented by these passes.
+
+        `skip`: bool [N], examples already known broken (e.g. by an earlier run); they are reported False
+        without any pass. The random starts are still drawn for the whole batch, so the other examples get
+        exactly the starts they would get without `skip`.
+        """
+        _check_batch(model, x, y)
+        if skip is not None and (skip.dtype != torch.bool or skip.shape != y.shape):
+            raise ValueError(
+                f"skip must be a bool mask [N] over the {len(y)} examples, got {skip.dtype} {tuple(skip.shape)}"
+            )
+        robust = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        starts = self._draw_starts(x, generator)
+        if len(x) == 0:
+            return robust
+        amp_dtype = _amp_dtype() if amp and x.device.type == "cuda" else None
+        cost = cost if cost is not None else AttackCost()
+        rows = torch.arange(len(x), device=x.device) if skip is None else (~skip.to(x.device)).nonzero().squeeze(1)
+        with eval_mode(model), only_trainable(model), torch.inference_mode(False), torch.enable_grad():
+            x = x.detach().clone()  # a normal tensor, even if the caller's was made under inference_mode
+            rows = rows[_predicts(model, x[rows], y[rows], cost)]
+            for restart in range(self.restarts):
+                if len(rows) == 0:
+                    break
+                start = _start(starts, restart, rows, x)
+                rows = rows[self._survivors(model, x[rows], y[rows], start, amp_dtype, cost)]
+        return robust.index_fill_(0, rows, True)
+
+    def _attack_once(
+        self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor, amp_dtype: torch.dtype | None, cost: AttackCost
+    ) -> Tensor:
+        """One PGD run from one start (noise, or zeros without a random start), to the last iterate."""
+        lower, upper = self._box(x)
+        adv = (x + start).clamp_(lower, upper)
+        for _ in range(self.steps):
+            _, grad = _logits_and_gradient(model, adv, y, amp_dtype, cost)
+            adv = adv.add_(grad.sign_(), alpha=self.step_size).clamp_(lower, upper)
+        return adv
+
+    def _survivors(
+        self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor, amp_dtype: torch.dtype | None, cost: AttackCost
+    ) -> Tensor:
+        """Bool [len(x)]: True where no iterate of one PGD run from `start` fools the model.
+
+        Each step's forward both gives the gradient and judges the current iterate; fooled rows leave the batch.
+        """
+        lower, upper = self._box(x)
+        adv = (x + start).clamp_(lower, upper)
+        rows = torch.arange(len(x), device=x.device)
+        for _ in range(self.steps):
+            logits, grad = _logits_and_gradient(model, adv, y, amp_dtype, cost)
+            held = logits.argmax(dim=1) == y
+            if not held.all():
+                rows, adv, grad, y, lower, upper = (t[held] for t in (rows, adv, grad, y, lower, upper))
+                if len(rows) == 0:
+                    return torch.zeros(len(x), dtype=torch.bool, device=x.device)
+            adv = adv.add_(grad.sign_(), alpha=self.step_size).clamp_(lower, upper)
+        survived = rows[_predicts(model, adv, y, cost)]
+        return torch.zeros(len(x), dtype=torch.bool, device=x.device).index_fill_(0, survived, True)
+
+    def _box(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The feasible set [x − eps, x + eps] ∩ [0, 1], as lower and upper bounds."""
+        return (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
+
+    def _draw_starts(self, x: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """Uniform noise in [-eps, eps], [restarts, *x.shape], on the generator's device; None without random starts.
+
+        Drawn in one go for the whole batch, so which rows later drop out changes neither the starts nor the
+        generator's state afterwards. With one restart these are the same numbers as one draw of x.shape.
+        """
+        if not self.random_start:
+            return None
         draw_device = generator.device if generator is not None else torch.device("cpu")
-        noise = torch.rand(x.shape, generator=generator, device=draw_device, dtype=torch.float32)
-        # copy_ keeps x's memory format (e.g. channels_last) while the values follow the logical index.
-        return torch.empty_like(x).copy_(noise).mul_(2 * self.eps).sub_(self.eps)
+        noise = torch.rand((self.restarts, *x.shape), generator=generator, device=draw_device, dtype=torch.float32)
+        return noise.mul_(2 * self.eps).sub_(self.eps)
+
+
+def _start(starts: Tensor | None, restart: int, rows: Tensor | None, x: Tensor) -> Tensor:
+    """The start offsets of `restart` for `rows` (all when None), shaped and placed like x[rows]; zeros if no noise."""
+    like = x if rows is None else x[rows]
+    if starts is None:
+        return torch.zeros_like(like)
+    noise = starts[restart] if rows is None else starts[restart][rows.to(starts.device)]
+    # copy_ keeps x's memory format (e.g. channels_last) while the values follow the logical index.
+    return torch.empty_like(like).copy_(noise)
+
+
+def _logits_and_gradient(
+    model: nn.Module, adv: Tensor, y: Tensor, amp_dtype: torch.dtype | None, cost: AttackCost
+) -> tuple[Tensor, Tensor]:
+    """fp32 logits at `adv` and the gradient of the summed cross-entropy with respect to it: one pass per example."""
+    adv = adv.detach().requires_grad_(True)
+    with _autocast(adv.device, amp_dtype):
+        logits = model(adv)
+    logits = logits.float()
+    # Summed, not averaged: the same gradient signs, but unscaled by 1/N, so half precision underflows less.
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), adv)
+    cost.gradient_evals += len(adv)
+    return logits.detach(), grad
+
+
+def _predicts(model: nn.Module, x: Tensor, y: Tensor, cost: AttackCost) -> Tensor:
+    """Bool [len(x)]: the model's fp32 prediction is y; one forward-only pass per example."""
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=x.device)
+    with torch.no_grad():
+        correct = model(x).argmax(dim=1) == y
+    cost.forward_evals += len(x)
+    return correct
 
 
 def _keep_worst(
@@ -166,10 +304,12 @@ def _keep_worst(
     adv: Tensor,
     best_loss: Tensor,
     amp_dtype: torch.dtype | None,
+    cost: AttackCost,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Merge one restart's examples (for rows `todo`) into the worst case so far; also return which are fooled."""
     with torch.no_grad(), _autocast(candidate.device, amp_dtype):
         logits = model(candidate)
+    cost.forward_evals += len(candidate)
     logits = logits.float()
     labels = y[todo]
     loss = F.cross_entropy(logits, labels, reduction="none")
@@ -261,17 +401,19 @@ def attack_split(
     *,
     amp: bool = False,
     progress: bool = False,
+    cost: AttackCost | None = None,
 ) -> AdversarialSet:
     """An adversarial copy of a whole split (a data.Split or any x/y holder), attacked batch by batch in order.
 
     The result lives on the CPU in float32 so it can be built once and shipped (e.g. to MRC workers).
     Deterministic given `generator` (and the batch size, which fixes the order of the random draws).
+    `cost`, when given, is incremented by the passes spent (see `AttackCost`).
     """
     check_model_device(model, device)
     adversarial = []
     batches = image_batches(split.x, split.y, batch_size, device)
     total = math.ceil(len(split.y) / batch_size)
     for x, y in tqdm(batches, total=total, desc="PGD", disable=not progress, leave=False):
-        adversarial.append(pgd.perturb(model, x, y, generator=generator, amp=amp).cpu())
+        adversarial.append(pgd.perturb(model, x, y, generator=generator, amp=amp, cost=cost).cpu())
     x_adv = torch.cat(adversarial) if adversarial else torch.empty((0, *split.x.shape[1:]), dtype=torch.float32)
     return AdversarialSet(x_adv, split.y.detach().cpu().long())

@@ -1,4 +1,5 @@
-"""Metrics, in one place: clean, adversarial (PGD) and out-of-distribution accuracy, and the robust loss.
+"""Metrics, in one place: clean, adversarial (PGD, early stop) and out-of-distribution accuracy, the robust loss,
+and per-example correctness for intervals and paired tests (core.statistics).
 
 Every function runs the model in eval() and restores each submodule's own mode afterwards. Data is a
 data.Split (uint8 images, scaled by 1/255 batch by batch), an attacks.AdversarialSet (float images in
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD, LabelledImages, check_model_device, eval_mode, image_batches
+from rift_sweep.core.attacks import PGD, AttackCost, LabelledImages, check_model_device, eval_mode, image_batches
+from rift_sweep.core.statistics import wilson_interval
 
 if TYPE_CHECKING:
     from rift_sweep.core.corruptions import OODSet
@@ -55,27 +58,60 @@ def robust_accuracy(
     device: torch.device | str = "cpu",
     seed: int = 0,
     amp: bool = False,
+    cost: AttackCost | None = None,
 ) -> float:
-    """Top-1 accuracy (%) under the PGD attack; with runs > 1 the paper's "worst of N runs".
+    """Top-1 accuracy (%) under the PGD attack with early stopping; with runs > 1 the paper's "worst of N runs".
 
-    Run i draws its random starts from a CPU generator seeded seed + i; each run's accuracy is computed
-    on the whole split and the minimum is reported. `amp` speeds up the attack on CUDA only; the final
-    predictions on the adversarial examples are always made in fp32.
+    The percentage of `robust_examples`: an example counts only if it is classified correctly clean, at every
+    PGD iterate (random start included) and in every run.
+    """
+    return _percent(
+        robust_examples(
+            model, split, pgd, runs=runs, batch_size=batch_size, device=device, seed=seed, amp=amp, cost=cost
+        )
+    )
+
+
+def robust_examples(
+    model: nn.Module,
+    split: Labelled,
+    pgd: PGD,
+    *,
+    runs: int = 1,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    amp: bool = False,
+    cost: AttackCost | None = None,
+) -> Tensor:
+    """Bool [N] on the CPU: which examples withstand the attack in every one of `runs` runs.
+
+    Within a run, `PGD.robust_correct` decides (AutoAttack's early stop): an example is broken if it is
+    misclassified clean or at any iterate of any restart, and broken examples get no further passes. Run i
+    draws its random starts from a CPU generator seeded seed + i, batch by batch over the whole split, so
+    its starts do not depend on what earlier runs broke; examples broken by an earlier run are skipped.
+
+    Worst of N runs, per example: an example is robust only if it survives every run. This is the standard,
+    stronger count, and it can be lower than the minimum over runs of each run's accuracy (what this function
+    reported before) whenever different runs break different examples; the two agree only when one run breaks
+    every example any run breaks. `amp` speeds up the attack on CUDA only; the clean check and the judgement
+    of the last iterate are always made in fp32. `cost`, when given, is incremented by the passes spent.
     """
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be >= 1 (the paper reports the worst of 3), got {runs}")
     x, y = _images_and_labels(split)
     _check_nonempty(y)
     check_model_device(model, device)
-    accuracies = []
+    robust = torch.ones(len(y), dtype=torch.bool)
     for run in range(runs):
         generator = torch.Generator().manual_seed(seed + run)
-        correct = sum(
-            _count_correct(model, pgd.perturb(model, xb, yb, generator=generator, amp=amp), yb)
-            for xb, yb in image_batches(x, y, batch_size, device)
-        )
-        accuracies.append(100.0 * correct / len(y))
-    return min(accuracies)
+        done = 0
+        for xb, yb in image_batches(x, y, batch_size, device):
+            rows = slice(done, done + len(yb))
+            skip = ~robust[rows] if run else None
+            robust[rows] = pgd.robust_correct(model, xb, yb, generator=generator, amp=amp, cost=cost, skip=skip).cpu()
+            done += len(yb)
+    return robust
 
 
 def ood_accuracy(
@@ -101,14 +137,17 @@ def evaluate(
     device: torch.device | str = "cpu",
     seed: int = 0,
     amp: bool = False,
+    cost: AttackCost | None = None,
 ) -> dict[str, float]:
-    """All metrics of one model: "std_acc"; "rob_acc" when `pgd` is given; "ood_acc" and "ood/<corruption>"
-    for every corruption type when `ood` is given."""
-    metrics = {"std_acc": accuracy(model, split, batch_size=batch_size, device=device)}
+    """All metrics of one model, in percent: "std_acc" with its Wilson 95 % interval "std_acc_low",
+    "std_acc_high"; "rob_acc" (as `robust_accuracy` counts it), "rob_acc_low", "rob_acc_high" when `pgd` is
+    given; "ood_acc" and "ood/<corruption>" for every corruption type when `ood` is given."""
+    examples = evaluate_examples(
+        model, split, pgd=pgd, runs=runs, batch_size=batch_size, device=device, seed=seed, amp=amp, cost=cost
+    )
+    metrics = _with_interval("std_acc", examples["clean"])
     if pgd is not None:
-        metrics["rob_acc"] = robust_accuracy(
-            model, split, pgd, runs=runs, batch_size=batch_size, device=device, seed=seed, amp=amp
-        )
+        metrics.update(_with_interval("rob_acc", examples["robust"]))
     if ood is not None:
         mean, per_corruption = ood_accuracy(model, ood, batch_size=batch_size, device=device)
         metrics["ood_acc"] = mean
@@ -116,9 +155,47 @@ def evaluate(
     return metrics
 
 
-def _count_correct(model: nn.Module, x: Tensor, y: Tensor) -> int:
+def evaluate_examples(
+    model: nn.Module,
+    split: Labelled,
+    *,
+    pgd: PGD | None = None,
+    runs: int = 1,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    amp: bool = False,
+    cost: AttackCost | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-example correctness, in the split's order, for intervals and paired tests (see core.statistics):
+    "clean", bool [N], the clean prediction is right; "robust", bool [N] when `pgd` is given, the example
+    withstands the attack as `robust_examples` counts it (same arguments, same result)."""
+    x, y = _images_and_labels(split)
+    examples = {"clean": _clean_correct(model, x, y, batch_size=batch_size, device=device).numpy()}
+    if pgd is not None:
+        robust = robust_examples(
+            model, split, pgd, runs=runs, batch_size=batch_size, device=device, seed=seed, amp=amp, cost=cost
+        )
+        examples["robust"] = robust.numpy()
+    return examples
+
+
+def _clean_correct(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int, device: torch.device | str) -> Tensor:
+    """Bool [N] on the CPU: the model's clean top-1 prediction is right."""
+    _check_nonempty(y)
+    check_model_device(model, device)
     with eval_mode(model), torch.inference_mode():
-        return int((model(x).argmax(dim=1) == y).sum())
+        return torch.cat([(model(xb).argmax(dim=1) == yb).cpu() for xb, yb in image_batches(x, y, batch_size, device)])
+
+
+def _with_interval(name: str, correct: np.ndarray) -> dict[str, float]:
+    """{name: accuracy %, name_low, name_high: its Wilson 95 % interval}."""
+    low, high = wilson_interval(int(correct.sum()), len(correct))
+    return {name: _percent(correct), f"{name}_low": low, f"{name}_high": high}
+
+
+def _percent(correct: Tensor | np.ndarray) -> float:
+    return 100.0 * int(correct.sum()) / len(correct)
 
 
 def _images_and_labels(data: Labelled) -> tuple[Tensor, Tensor]:
@@ -134,4 +211,3 @@ def _images_and_labels(data: Labelled) -> tuple[Tensor, Tensor]:
 def _check_nonempty(y: Tensor) -> None:
     if len(y) == 0:
         raise ValueError("cannot evaluate on an empty set; pass at least one example")
-

@@ -1,4 +1,5 @@
-"""PGD (ℓ∞) on a small CNN trained here on real Fashion-MNIST images; checked against torchattacks."""
+"""PGD (ℓ∞) on a small CNN trained here on real Fashion-MNIST images; checked against torchattacks and against a
+brute-force per-step loop for the early-stop count."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torchattacks
 from torch import nn
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD, AdversarialSet, attack_split
+from rift_sweep.core.attacks import PGD, AdversarialSet, AttackCost, attack_split
 from rift_sweep.core.data import Split, iterate_batches, load_splits
+from rift_sweep.core.evaluate import robust_accuracy
 
 from helpers import missing, requires
 
@@ -22,11 +24,19 @@ EPS = 8 / 255
 
 def small_cnn() -> nn.Module:
     """Lighter than models.small_cnn (trains in ~1 s here); BatchNorm makes train/eval mode matter."""
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 16, 3, padding=1), bn1=nn.BatchNorm2d(16), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(16, 32, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-        flatten=nn.Flatten(), fc1=nn.Linear(32 * 7 * 7, 10),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 16, 3, padding=1),
+            bn1=nn.BatchNorm2d(16),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(16, 32, 3, padding=1),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(32 * 7 * 7, 10),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +159,112 @@ def test_model_is_left_exactly_as_found(model, batch, start_mode):
 def test_robust_accuracy_matches_torchattacks(model, data):
     _, test = data
     assert len(test) >= 1000
-    ours_correct = theirs_correct = 0
+    theirs_correct = 0
     torch.manual_seed(0)  # torchattacks draws its random start from the global generator
     theirs = torchattacks.PGD(model, eps=EPS, alpha=2 / 255, steps=10, random_start=True)
     ours = PGD(eps=EPS, step_size=2 / 255, steps=10, random_start=True)
-    generator = seeded(0)
     for x, y in iterate_batches(test, 250):
-        ours_correct += correct(model, ours.perturb(model, x, y, generator=generator), y).sum().item()
         theirs_correct += correct(model, theirs(x, y), y).sum().item()
-    ours_acc, theirs_acc = 100 * ours_correct / len(test), 100 * theirs_correct / len(test)
+    # Ours counts with early stopping (any fooled iterate breaks an example), theirs the last iterate: ours may be
+    # a little lower, never much.
+    ours_acc = robust_accuracy(model, test, ours, batch_size=250, seed=0)
+    theirs_acc = 100 * theirs_correct / len(test)
     assert abs(ours_acc - theirs_acc) <= 1.0, f"ours {ours_acc:.1f}% vs torchattacks {theirs_acc:.1f}%"
     assert ours_acc < 100 * correct(model, test.x.float() / 255, test.y).float().mean() - 15
+
+
+class Bump(nn.Module):
+    """Class 1 wins only within 0.1 of the pixel value 0.5, so one signed-gradient step can jump into that window
+    and the next out of it again: an example fooled midway but not at the last iterate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixel = x.flatten(1)[:, 0]
+        return torch.stack([torch.zeros_like(pixel), 1 - 100 * (pixel - 0.5) ** 2], dim=1)
+
+
+def test_an_example_fooled_only_midway_counts_as_broken():
+    # From 0.3: one step of 0.25 lands on 0.55 (class 1 wins), the next goes back to 0.30 (class 0 again).
+    # From 0.9 the steps go down to 0.65 and the box edge 0.62, outside the window: robust throughout.
+    x, y = torch.tensor([0.3, 0.9]).reshape(2, 1, 1, 1), torch.tensor([0, 0])
+    pgd = PGD(eps=0.28, step_size=0.25, steps=2, random_start=False)
+    last = pgd.perturb(Bump(), x, y)
+    assert torch.allclose(last.flatten(), torch.tensor([0.30, 0.62]))
+    assert correct(Bump(), last, y).all()  # the last iterates are both classified right ...
+    cost = AttackCost()
+    assert pgd.robust_correct(Bump(), x, y, cost=cost).tolist() == [False, True]  # ... but 0.55 fooled the first
+    # Clean check 2; step 1 at x0 for 2, step 2 at x1 for 2 (where the first is found fooled); final check 1.
+    assert cost == AttackCost(gradient_evals=4, forward_evals=3)
+
+
+def brute_force_correct(model: nn.Module, pgd: PGD, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    """Bool [steps + 2, N]: correct on the clean image, then at each iterate x_0 ... x_steps of a plain PGD loop
+    over the whole batch (nothing dropped), with the random start drawn as PGD draws it."""
+    noise = torch.rand(x.shape, generator=seeded(seed)) * (2 * pgd.eps) - pgd.eps
+    lower, upper = (x - pgd.eps).clamp(min=0), (x + pgd.eps).clamp(max=1)
+    adv, rows = (x + noise).clamp(lower, upper), [correct(model, x, y)]
+    for _ in range(pgd.steps):
+        rows.append(correct(model, adv, y))
+        adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(adv), y, reduction="sum"), adv)
+        adv = (adv.detach() + pgd.step_size * grad.sign()).clamp(lower, upper)
+    rows.append(correct(model, adv, y))
+    return torch.stack(rows)
+
+
+def test_early_stop_matches_a_brute_force_per_step_loop_and_counts_its_passes(model, batch):
+    x, y = batch
+    pgd = PGD(eps=EPS, step_size=2 / 255, steps=10)
+    every = brute_force_correct(model, pgd, x, y, seed=0)
+    cost = AttackCost()
+    robust = pgd.robust_correct(model, x, y, generator=seeded(0), cost=cost)
+    assert torch.equal(robust, every.all(dim=0))
+    # Step t runs on the examples right so far (clean and x_0 ... x_t-1): fewer and fewer as they break.
+    standing = [int(every[: t + 1].all(dim=0).sum()) for t in range(pgd.steps)]
+    assert standing[-1] < standing[0] <= len(x)
+    assert cost.gradient_evals == sum(standing) < len(x) * pgd.steps
+    assert cost.forward_evals == len(x) + int(every[:-1].all(dim=0).sum())
+
+
+def test_early_stop_never_counts_more_than_the_last_iterate(model, data):
+    _, test = data
+    x, y = test.x[:500].float() / 255, test.y[:500]
+    for restarts in (1, 2):
+        pgd = PGD(eps=EPS, step_size=2 / 255, steps=10, restarts=restarts)
+        last = correct(model, pgd.perturb(model, x, y, generator=seeded(0)), y)
+        early = pgd.robust_correct(model, x, y, generator=seeded(0))
+        assert not (early & ~last).any(), "an example survived early stopping but not its last iterate"
+        assert early.sum() <= last.sum()
+    one = PGD(eps=EPS, restarts=1).robust_correct(model, x, y, generator=seeded(0))
+    assert not (early & ~one).any()  # restart 1 of 2 is the restarts=1 attack; the second can only break more
+
+
+def test_early_stop_is_deterministic_whatever_is_skipped(model, batch):
+    x, y = batch
+    pgd = PGD(eps=EPS, restarts=2)
+    first_generator, skipping_generator = seeded(5), seeded(5)
+    full_cost, skipping_cost = AttackCost(), AttackCost()
+    first = pgd.robust_correct(model, x, y, generator=first_generator, cost=full_cost)
+    assert torch.equal(pgd.robust_correct(model, x, y, generator=seeded(5)), first)
+    skip = torch.arange(len(y)) % 3 == 0
+    skipped = pgd.robust_correct(model, x, y, generator=skipping_generator, skip=skip, cost=skipping_cost)
+    # The others got the very starts they get without skipping, and the generator moved on by the same draws.
+    assert torch.equal(skipped, first & ~skip)
+    assert torch.equal(torch.rand(3, generator=first_generator), torch.rand(3, generator=skipping_generator))
+    # Skipped rows cost nothing, not even the clean check.
+    assert skipping_cost.gradient_evals < full_cost.gradient_evals
+    assert skipping_cost.forward_evals <= full_cost.forward_evals - int(skip.sum())
+    with pytest.raises(ValueError, match="skip must be a bool mask"):
+        pgd.robust_correct(model, x, y, skip=skip[:-1])
+
+
+def test_last_iterate_attack_costs_one_pass_per_example_and_step(model, batch):
+    x, y = batch
+    cost = AttackCost()
+    PGD(eps=EPS, steps=4).perturb(model, x, y, generator=seeded(0), cost=cost)
+    assert cost == AttackCost(gradient_evals=4 * len(x), forward_evals=0)
+    PGD(eps=EPS, steps=4, restarts=2).perturb(model, x, y, generator=seeded(0), cost=cost)
+    assert 8 * len(x) < cost.gradient_evals < 12 * len(x)  # the second restart only on the unbroken
+    assert len(x) < cost.forward_evals < 2 * len(x)  # each restart's result is judged once
 
 
 def test_attack_split_builds_a_float_adversarial_set(model, data):
@@ -248,3 +353,6 @@ def test_cuda_matches_cpu_and_runs_with_amp(model, batch):
     with_amp = pgd.perturb(gpu_model, x.cuda(), y.cuda(), generator=seeded(0), amp=True)
     assert with_amp.dtype == torch.float32 and (with_amp.cpu() - x).abs().max() <= EPS + 1e-6
     assert correct(gpu_model, with_amp, y.cuda()).float().mean() < correct(gpu_model, x.cuda(), y.cuda()).float().mean()
+    robust = pgd.robust_correct(gpu_model, x.cuda(), y.cuda(), generator=seeded(0), amp=True)
+    assert robust.device.type == "cuda" and robust.dtype == torch.bool
+    assert robust.sum() < correct(gpu_model, x.cuda(), y.cuda()).sum()

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD, AdversarialSet, attack_split
+from rift_sweep.core.attacks import PGD, AdversarialSet, AttackCost, attack_split
 from rift_sweep.core.data import Split
-from rift_sweep.core.evaluate import accuracy, evaluate, loss_and_accuracy, ood_accuracy, robust_accuracy
+from rift_sweep.core.evaluate import (
+    accuracy,
+    evaluate,
+    evaluate_examples,
+    loss_and_accuracy,
+    ood_accuracy,
+    robust_accuracy,
+    robust_examples,
+)
+from rift_sweep.core.statistics import wilson_interval
 
 ATTACK = PGD(eps=0.1, step_size=0.025, steps=5)
 
@@ -68,20 +78,38 @@ def test_metrics_leave_the_model_mode_and_statistics_alone(digits, fresh_digits_
         assert torch.equal(buffer, buffers[name]), name
 
 
-def test_robust_accuracy_is_the_accuracy_on_the_attacked_split(digits, digits_model):
+def test_robust_accuracy_is_at_most_the_accuracy_on_the_attacked_split(digits, digits_model):
     test = digits.test
-    robust = robust_accuracy(digits_model, test, ATTACK, batch_size=100, seed=5)
+    cost = AttackCost()
+    robust = robust_accuracy(digits_model, test, ATTACK, batch_size=100, seed=5, cost=cost)
     adversarial = attack_split(ATTACK, digits_model, test, 100, "cpu", torch.Generator().manual_seed(5))
-    assert robust == pytest.approx(accuracy(digits_model, adversarial), abs=1e-9)
+    # The same starts and steps; early stopping also counts examples fooled before the last iterate.
+    assert robust <= accuracy(digits_model, adversarial)
     assert robust < accuracy(digits_model, test) - 10
+    assert 0 < cost.gradient_evals < len(test) * ATTACK.steps  # broken examples are attacked no further
 
 
-def test_worst_of_three_runs_is_no_better_than_one(digits, digits_model):
+def test_worst_of_three_runs_is_per_example(digits, digits_model):
     one = robust_accuracy(digits_model, digits.test, ATTACK, runs=1, seed=0)
     three = robust_accuracy(digits_model, digits.test, ATTACK, runs=3, seed=0)
     later = [robust_accuracy(digits_model, digits.test, ATTACK, seed=s) for s in (1, 2)]
-    assert three <= one
-    assert three == min([one, *later])
+    assert three <= min([one, *later])  # the old count was this minimum; per example can be lower
+    per_run = [robust_examples(digits_model, digits.test, ATTACK, seed=s) for s in (0, 1, 2)]
+    survives_all = per_run[0] & per_run[1] & per_run[2]
+    assert three == pytest.approx(100 * int(survives_all.sum()) / len(survives_all), abs=1e-9)
+    assert torch.equal(robust_examples(digits_model, digits.test, ATTACK, runs=3, seed=0), survives_all)
+
+
+def test_evaluate_examples_gives_the_per_example_results(digits, digits_model):
+    examples = evaluate_examples(digits_model, digits.test, pgd=ATTACK, batch_size=100, seed=2)
+    assert set(examples) == {"clean", "robust"}
+    for correct in examples.values():
+        assert isinstance(correct, np.ndarray) and correct.dtype == bool and correct.shape == (len(digits.test),)
+    assert 100 * examples["clean"].mean() == pytest.approx(accuracy(digits_model, digits.test), abs=1e-9)
+    robust = robust_examples(digits_model, digits.test, ATTACK, batch_size=100, seed=2)
+    assert np.array_equal(examples["robust"], robust.numpy())
+    assert not (examples["robust"] & ~examples["clean"]).any()  # wrong clean means broken
+    assert set(evaluate_examples(digits_model, digits.test)) == {"clean"}
 
 
 def test_ood_mean_is_the_mean_of_the_corruptions(digits, digits_model, ood):
@@ -94,15 +122,25 @@ def test_ood_mean_is_the_mean_of_the_corruptions(digits, digits_model, ood):
 
 
 def test_evaluate_returns_the_documented_keys(digits, digits_model, ood):
-    assert set(evaluate(digits_model, digits.test)) == {"std_acc"}
-    assert set(evaluate(digits_model, digits.test, pgd=ATTACK)) == {"std_acc", "rob_acc"}
+    intervals = {"std_acc_low", "std_acc_high"}
+    assert set(evaluate(digits_model, digits.test)) == {"std_acc"} | intervals
+    intervals |= {"rob_acc_low", "rob_acc_high"}
+    assert set(evaluate(digits_model, digits.test, pgd=ATTACK)) == {"std_acc", "rob_acc"} | intervals
     metrics = evaluate(digits_model, digits.test, pgd=ATTACK, ood=ood, runs=2, seed=3)
-    assert set(metrics) == {"std_acc", "rob_acc", "ood_acc", "ood/gaussian_noise", "ood/heavy_noise", "ood/contrast"}
+    assert (
+        set(metrics)
+        == {"std_acc", "rob_acc", "ood_acc", "ood/gaussian_noise", "ood/heavy_noise", "ood/contrast"} | intervals
+    )
     assert metrics["std_acc"] == pytest.approx(accuracy(digits_model, digits.test), abs=1e-9)
     worst_of_two = robust_accuracy(digits_model, digits.test, ATTACK, runs=2, seed=3)
     assert metrics["rob_acc"] == pytest.approx(worst_of_two, abs=1e-9)
     assert metrics["ood_acc"] == pytest.approx(ood_accuracy(digits_model, ood)[0], abs=1e-9)
     assert all(0 <= value <= 100 for value in metrics.values())
+    for name in ("std_acc", "rob_acc"):
+        correct = round(metrics[name] * len(digits.test) / 100)
+        expected = wilson_interval(correct, len(digits.test))
+        assert (metrics[f"{name}_low"], metrics[f"{name}_high"]) == pytest.approx(expected, abs=1e-9)
+        assert metrics[f"{name}_low"] < metrics[name] < metrics[f"{name}_high"]
 
 
 def test_bad_requests_raise_clear_errors(digits, digits_model):
