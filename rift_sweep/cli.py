@@ -1,4 +1,4 @@
-"""`rift-sweep` command line: train-at, rift, mrc, sweep, report, ui. Parses, calls one function, prints."""
+"""`rift-sweep` command line: train-at, rift, mrc, sweep, report, export, ui. Parses, calls one function, prints."""
 
 from __future__ import annotations
 
@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = _command(commands, "report", cmd_report, "the Pareto front of a sweep: table, test metrics, where to look")
     _add_sweep_ref(report)
     report.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+
+    export = _command(commands, "export", cmd_export, "write a trial's model (or the recommended one) for your code")
+    _add_sweep_ref(export)
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", help="a trial id (see `rift-sweep report`)")
+    which.add_argument("--recommended", action="store_true", help="the paper's rule applied to the sweep's trials")
+    export.add_argument("--out", required=True, type=Path, help="the state dict to write (plus OUT.json provenance)")
+    export.add_argument("--register", metavar="NAME", help="also register the run's MLflow model under NAME")
 
     ui = _command(commands, "ui", cmd_ui, "serve the MLflow UI on a sweep's store (127.0.0.1 by default)")
     _add_sweep_ref(ui)
@@ -139,9 +147,11 @@ def cmd_train_at(args: argparse.Namespace) -> int:
 def cmd_rift(args: argparse.Namespace) -> int:
     from rift_sweep.procedure.experiment import load_experiment
     from rift_sweep.procedure.paper import run_paper_procedure
-    from rift_sweep.procedure.tables import format_report
+    from rift_sweep.procedure.tables import describe_at, format_report
 
-    print(format_report(run_paper_procedure(load_experiment(config_from_args(args)))))
+    exp = load_experiment(config_from_args(args), check=True)
+    report = run_paper_procedure(exp, on_at_val=lambda at: print(describe_at(at, len(exp.splits.val)), flush=True))
+    print(format_report(report))
     return 0
 
 
@@ -194,16 +204,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rift_sweep.orchestration.front import describe_where, publish_front
-    from rift_sweep.orchestration.resources import init_ray
-    from rift_sweep.orchestration.tracking import SweepTracker
+    from rift_sweep.orchestration.front import describe_where
+    from rift_sweep.orchestration.launch import launch_report
     from rift_sweep.procedure.tables import format_front
 
-    config = sweep_config(args)
-    init_ray(args.address)
-    report = publish_front(config, SweepTracker(config))
+    report = launch_report(sweep_config(args), address=args.address)
     print(format_front(report))
     print(describe_where(report))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rift_sweep.orchestration.export import export_model
+
+    done = export_model(sweep_config(args), out=args.out.resolve(), trial_id=args.trial, register=args.register)
+    trial = done.trial
+    print(
+        f"wrote {done.path} (trial {trial['trial_id']}, α {trial['alpha']:.2f}; load it with "
+        f"model.load_state_dict(torch.load(path, weights_only=True)))\nprovenance: {done.sidecar}"
+    )
+    if done.registered:
+        print(f"registered in MLflow's model registry as {done.registered}")
     return 0
 
 

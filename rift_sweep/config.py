@@ -27,6 +27,7 @@ from rift_sweep.core.errors import InputError
 from rift_sweep.core.finetune import FinetuneSettings
 from rift_sweep.core.models import MODELS
 from rift_sweep.core.mrc import MRCSettings
+from rift_sweep.core.robustbench import robustbench_entry
 from rift_sweep.names import OOD_ACC, RESOLVED_CONFIG
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # safe in folder names and MLflow filters
@@ -60,13 +61,53 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean or any(s <= 0 for s in self.std):
+            raise ValueError(f"normalization needs mean and std of equal length with std > 0; got {self}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    name: str
+    """The AT model, in one of three forms: a built-in `name`; the user's own class or factory (`target`,
+    called with `kwargs`); or a RobustBench entry (`robustbench`, architecture and normalisation from our table).
+
+    normalization: what the checkpoint was trained on — "none" (raw [0, 1] input, most public robust
+    checkpoints), "dataset" (the dataset's mean/std) or {mean: [...], std: [...]}. Default: "dataset" for a
+    built-in name, "none" for a target, the table's for a RobustBench entry.
+    """
+
+    name: str | None = None
+    target: str | None = None  # "./nets.py:WideResNet" (relative to the config file) or "my_pkg.nets:WideResNet"
+    kwargs: dict[str, typing.Any] = field(default_factory=dict)
+    robustbench: str | None = None  # e.g. Carmon2019Unlabeled, for data.dataset's leaderboard
+    normalization: Literal["none", "dataset"] | Normalization | None = None
     checkpoint: str | None = None  # the adversarially trained weights RiFT starts from
 
     def __post_init__(self) -> None:
-        if self.name not in MODELS:
-            raise ValueError(f"name {self.name!r} is not a built-in model; built-in: {', '.join(sorted(MODELS))}")
+        forms = [f for f in ("name", "target", "robustbench") if getattr(self, f) is not None]
+        if len(forms) != 1:
+            raise ValueError(
+                f"give exactly one of name (built-in), target (your class) or robustbench (an entry); "
+                f"got {forms or 'none'}"
+            )
+        if self.name is not None and self.name not in MODELS:
+            raise ValueError(
+                f"name {self.name!r} is not a built-in model; built-in: {', '.join(sorted(MODELS))}; "
+                f"for your own class set target: FILE.py:Class"
+            )
+        if self.kwargs and self.target is None:
+            raise ValueError("kwargs go with target (your own class); built-in and RobustBench models take none")
+        if self.target is not None and ":" not in self.target:
+            raise ValueError(f"target {self.target!r} must be FILE.py:Name or package.module:Name")
+
+    @property
+    def label(self) -> str:
+        """A short name for runs and experiments: the built-in name, the class name or the entry."""
+        return self.name or self.robustbench or self.target.rpartition(":")[2]
 
 
 @dataclass(frozen=True)
@@ -211,6 +252,10 @@ class SweepConfig:
                 f"name {self.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder "
                 f"and MLflow runs), e.g. cifar10-resnet18"
             )
+        if self.model.robustbench is not None:
+            robustbench_entry(
+                self.model.robustbench, self.data.dataset
+            )  # an unknown entry fails here, naming close ones
         if OOD_ACC in self.search.objectives and not self.ood.enabled:
             raise ValueError("search.objectives holds ood_acc but ood.enabled is false: enable ood or drop ood_acc")
 
@@ -318,6 +363,8 @@ def build(cls: type, raw: object, where: str):
 
 
 def _coerce(value: object, hint: object, where: str):
+    if hint is typing.Any:  # plain YAML data (safe_load builds no objects), e.g. model.kwargs
+        return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -371,6 +418,11 @@ def _absolute_paths(raw: dict, folder: Path) -> None:
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str):
             raw[section][key] = str((folder / Path(value).expanduser()).resolve())
+    model = raw.get("model")
+    target = model.get("target") if isinstance(model, dict) else None
+    if isinstance(target, str) and ".py:" in target:  # a file of the user's: relative to this file too
+        file, _, name = target.rpartition(":")
+        model["target"] = f"{(folder / Path(file).expanduser()).resolve()}:{name}"
 
 
 def _resolve_paths(config: SweepConfig) -> SweepConfig:

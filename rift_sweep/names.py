@@ -36,6 +36,7 @@ CHECKPOINT_SHA_TAG = "rift.checkpoint_sha256"
 MODEL_CODE_SHA_TAG = "rift.model_code_sha256"
 PARETO_TAG = "pareto"
 RECOMMENDED_TAG = "recommended"
+MODEL_LOGGED_TAG = "rift.model_logged"
 PARETO_FILTER = f"tags.{PARETO_TAG} = 'true'"  # for the MLflow UI's search box
 RECOMMENDED_FILTER = f"tags.{RECOMMENDED_TAG} = 'true'"
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import glob
+import pickle
 import socket
+import sqlite3
 import time
+from contextlib import closing
 
 import pytest
 import torch
@@ -140,3 +144,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# --- a sweep's end state, read from outside ------------------------------------------------------
+
+
+def optuna_study(config):
+    from rift_sweep.orchestration.sweep import tune_paths
+
+    states = glob.glob(str(tune_paths(config)[-1] / "searcher-state-*.pkl"))
+    with open(max(states), "rb") as handle:  # the newest by the timestamp in its name, as Tune restores
+        return pickle.load(handle)["_ot_study"]
+
+
+def assert_in_study(study, run):
+    """The trial's (params, values) reached Optuna as a COMPLETE trial."""
+    params = run.data.params
+    values = [run.data.metrics["std_acc"], run.data.metrics["rob_acc"]]
+
+    def same_point(trial):  # the searched parameters only: the others are fixed by the config
+        return all(float(params[k]) == pytest.approx(v) for k, v in trial.params.items())
+
+    matches = [t for t in study.trials if t.state.name == "COMPLETE" and same_point(t)]
+    assert any(t.values == pytest.approx(values) for t in matches), (dict(params), values)
+
+
+def finished_children(config) -> int:
+    """A read-only look at the store: an MLflow client would race the driver's own schema migration."""
+    db = config.output_path / "mlflow.db"
+    if not db.exists():
+        return 0
+    query = (
+        "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+        "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'"
+    )
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            return connection.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0

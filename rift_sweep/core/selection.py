@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def choose_alpha(
+def paper_rule(
     path: Sequence[Mapping[str, float]], *, at_rob_acc: float, tolerance: float = 0.1
 ) -> Mapping[str, float] | None:
-    """Pick α by the paper's rule: the largest standard accuracy among the points whose robust accuracy
-    stays ≥ at_rob_acc − tolerance (percentage points).
+    """The paper's rule: the largest standard accuracy among the points whose robust accuracy stays
+    ≥ at_rob_acc − tolerance (percentage points). Picks α on one fine-tune's path, and the recommended
+    model among a sweep's trials.
 
     `path` holds rows with keys "alpha", "std_acc", "rob_acc" (validation figures). Ties in std_acc go to the
     higher rob_acc, then to the smaller α (the point closer to the AT model). Returns None when no point

@@ -16,8 +16,8 @@ from rift_sweep import names
 from rift_sweep.orchestration.tracking import close_orphaned_runs, tag_filter
 
 RESOLVED_PARAMS = ("module", "lr", "epochs", "alpha")
-INTERIM_METRICS = ("epoch", "ft_val_acc")
-TIMING_METRICS = ("finetune_seconds", "eval_seconds", "trial_seconds", "best_epoch")
+INTERIM_METRICS = ("epoch", "ft_val_acc", "alpha_points_done")
+TIMING_METRICS = ("finetune_seconds", "eval_seconds", "trial_seconds", "best_epoch", "alpha_points_evaluated")
 
 
 def is_accuracy(key: str, value) -> bool:
@@ -58,7 +58,14 @@ class MLflowTrialCallback(Callback):
                 self._runs[trial_id] = run.info.run_id
         return self._runs[trial_id]
 
+    def _already_finished(self, trial) -> bool:
+        """A hard kill can land after a trial's run was closed but before Tune saved that: Tune then runs the
+        trial again. Its run keeps the first result; the re-run logs nothing twice."""
+        return self.client.get_run(self.run_id(trial.trial_id)).info.status == "FINISHED"
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if self._already_finished(trial):
+            return
         run_id = self.run_id(trial.trial_id)
         self.client.update_run(run_id, status="RUNNING")
         existing = self.client.get_run(run_id).data.params
@@ -66,6 +73,8 @@ class MLflowTrialCallback(Callback):
         self.client.log_batch(run_id, params=params + ([] if "seed" in existing else [Param("seed", str(self.seed))]))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if self._already_finished(trial):
+            return
         if "pid" in result:  # which process runs the trial: for debugging, and to find it from outside
             self.client.set_tag(self.run_id(trial.trial_id), names.PID_TAG, str(result["pid"]))
         step = int(result.get("training_iteration", 0))
@@ -79,6 +88,8 @@ class MLflowTrialCallback(Callback):
             self.client.log_batch(self.run_id(trial.trial_id), metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if self._already_finished(trial):
+            return
         result, run_id = trial.last_result, self.run_id(trial.trial_id)
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in result.items() if is_accuracy(k, v)]

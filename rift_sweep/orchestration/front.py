@@ -12,15 +12,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+import torch
 
 from rift_sweep import names
 from rift_sweep.config import SweepConfig
+from rift_sweep.core.data import dataset_info
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.interpolate import interpolate_state
-from rift_sweep.core.selection import pareto_mask
+from rift_sweep.core.selection import paper_rule, pareto_mask
 from rift_sweep.orchestration.resources import worker_shape
 from rift_sweep.orchestration.tracking import SweepTracker, child_runs
-from rift_sweep.procedure.experiment import load_experiment
+from rift_sweep.procedure.experiment import load_at_model, load_experiment
 from rift_sweep.procedure.finetune_cache import load_finetune
 from rift_sweep.procedure.plots import pareto_chart
 from rift_sweep.procedure.tables import FrontReport, format_front
@@ -86,7 +88,13 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
     for trial, on_front in zip(trials, mask):
         trial["on_front"] = bool(on_front)
         tracker.client.set_tag(trial["run_id"], names.PARETO_TAG, "true" if on_front else "false")
-    untested = [t for t in trials if t["on_front"] and names.TEST_PREFIX + names.STD_ACC not in t]
+    at_val = at_metrics(tracker, "val")
+    recommended = paper_rule(trials, at_rob_acc=at_val[names.ROB_ACC], tolerance=config.alpha.tolerance)
+    for trial in trials:
+        trial["recommended"] = trial is recommended
+        tracker.client.set_tag(trial["run_id"], names.RECOMMENDED_TAG, "true" if trial is recommended else "false")
+    reported = [t for t in trials if t["on_front"] or t["recommended"]]
+    untested = [t for t in reported if names.TEST_PREFIX + names.STD_ACC not in t]
     at_test = tracker.logged_at_metrics("test")
     results = evaluate_remote(config, untested + ([None] if at_test is None else []), "test")  # in parallel
     for trial, metrics in zip(untested, results):
@@ -94,9 +102,11 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
         tracker.log_metrics(trial["run_id"], tested)
         trial.update(tested)
     at_test = at_test or tracker.log_at_metrics("test", results[-1])
+    if recommended is not None:
+        tracker.log_model(recommended["run_id"], trial_model(config, recommended))
     report = FrontReport(
         trials,
-        at_metrics(tracker, "val"),
+        at_val,
         at_test,
         objectives,
         tracker.client.get_run(tracker.parent_run_id).info.artifact_uri,
@@ -105,6 +115,20 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
     _log_front_artifacts(config, tracker, report)
     tracker.client.set_tag(tracker.parent_run_id, names.FRONT_SIZE_TAG, str(len(report.front)))
     return report
+
+
+def trial_model(config: SweepConfig, trial: dict) -> torch.nn.Module:
+    """The model a trial stands for: θ_AT interpolated towards its cached fine-tune at its α."""
+    cached = load_finetune(config, trial["finetune_key"])
+    if cached is None:
+        raise InputError(
+            f"the fine-tune {trial['finetune_key']} is not in the cache under {config.output_path}; "
+            f"was the output folder moved or cleaned?"
+        )
+    info = dataset_info(config.data.dataset)
+    at = load_at_model(config, info)
+    at.load_state_dict(interpolate_state(at.state_dict(), cached["best_state"], trial["alpha"]))
+    return at
 
 
 def _log_front_artifacts(config: SweepConfig, tracker: SweepTracker, report: FrontReport) -> None:

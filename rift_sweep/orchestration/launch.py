@@ -18,10 +18,10 @@ from rift_sweep.config import SweepConfig, save_resolved_config
 from rift_sweep.core.errors import InputError
 from rift_sweep.orchestration.front import publish_front
 from rift_sweep.orchestration.mrc_pool import MRCStage, run_mrc_stage
-from rift_sweep.orchestration.preflight import check_sweep
+from rift_sweep.orchestration.preflight import check_ray_address, check_sweep
 from rift_sweep.orchestration.resources import gpus_requested, init_ray
 from rift_sweep.orchestration.sweep import SweepOutcome, run_sweep
-from rift_sweep.orchestration.tracking import SweepTracker
+from rift_sweep.orchestration.tracking import SweepTracker, user_code_file
 from rift_sweep.procedure.steps import choose_modules
 from rift_sweep.procedure.tables import FrontReport
 
@@ -47,7 +47,7 @@ def launch_sweep(
     folder, exp = check_sweep(config, resume=resume, address=address, gpus=gpus)
     if folder.exists:
         config = _resumable(folder.config, config, num_samples)
-    init_ray(address)
+    init_ray(address, user_code_env(config))
     save_resolved_config(config)
     tracker = SweepTracker(config)
     tracker.client.update_run(tracker.parent_run_id, "RUNNING")
@@ -69,21 +69,37 @@ def launch_mrc(
     config: SweepConfig, *, workers: int | None = None, address: str | None = None, gpus: int | None = None
 ) -> tuple[MRCStage, list[str], SweepTracker]:
     """Stage 1 alone: the MRC table (cached, resumable) and the module(s) it chooses, logged on the parent run."""
-    from rift_sweep.orchestration.preflight import check_local_devices, check_ray_address, check_tracking
+    from rift_sweep.orchestration.preflight import check_local_devices, check_tracking
     from rift_sweep.procedure.experiment import check_module_choice, load_experiment
 
     check_tracking(config)
     check_ray_address(address)
     check_local_devices(config, address=address, gpus=gpus)
     check_module_choice(config)
-    exp = load_experiment(config, device="cpu")
-    init_ray(address)
+    exp = load_experiment(config, device="cpu", check=True)
+    init_ray(address, user_code_env(config))
     with gpus_requested(gpus):
         stage = run_mrc_stage(config, workers=workers, exp=exp)
     chosen = choose_modules([r["module"] for r in stage.rows], config.modules)
     tracker = SweepTracker(config)
     tracker.log_mrc(stage.rows, chosen, stage.table_path)
     return stage, chosen, tracker
+
+
+def launch_report(config: SweepConfig, *, address: str | None = None) -> FrontReport:
+    """The front of a finished sweep, evaluated on test where it is not yet (`rift-sweep report`)."""
+    tracker = SweepTracker(config, create=False)
+    if tracker.parent_run_id is None:
+        raise InputError(f"no sweep {config.name!r} in {tracker.uri}; run `rift-sweep sweep` first")
+    check_ray_address(address)
+    init_ray(address, user_code_env(config))
+    return publish_front(config, tracker)
+
+
+def user_code_env(config: SweepConfig) -> dict | None:
+    """Ray's runtime_env that ships the user's model file to every actor and trial, on every node."""
+    code = user_code_file(config)
+    return {"py_modules": [str(code)]} if code else None
 
 
 def _resumable(saved: SweepConfig, given: SweepConfig, num_samples: int | None) -> SweepConfig:

@@ -40,6 +40,7 @@ from rift_sweep.procedure.experiment import (
     load_experiment,
     mrc_source,
     resolve_device,
+    skipped_modules,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class MRCStage:
     computed: list[str]  # modules scored by this call (the rest came from the cache)
     retries: int  # modules re-run because their worker died
     table_path: Path
+    skipped: list[str]  # Conv2d/Linear modules a forward pass never calls: not candidates
     seconds: float
 
 
@@ -160,7 +162,8 @@ def run_mrc_stage(
             table.append({**row, "key": path.stem})
             write_table(path, table)
     rows = sorted((r for r in table if r["module"] in modules), key=lambda r: r["mrc"])
-    return MRCStage(rows, todo, sum(retries.values()), path, time.perf_counter() - start)
+    skipped = skipped_modules(config, exp.model)
+    return MRCStage(rows, todo, sum(retries.values()), path, skipped, time.perf_counter() - start)
 
 
 def _score_dynamically(modules: list[str], spawn, shape: WorkerShape, retries: Counter, progress: bool):

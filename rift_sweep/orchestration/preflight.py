@@ -126,4 +126,4 @@ def check_sweep(
     check_ray_address(address)
     check_local_devices(config, address=address, gpus=gpus)
     check_module_choice(config)
-    return folder, load_experiment(config, device="cpu")  # the checkpoint loads and fits, the data reads
+    return folder, load_experiment(config, device="cpu", check=True)  # loads, fits, reads, and looks sane

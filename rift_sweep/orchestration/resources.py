@@ -32,7 +32,7 @@ class WorkerShape:
         return f"{self.count} worker(s) x {kind}"
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, runtime_env: dict | None = None) -> None:
     """Join a running cluster (`address`, or RAY_ADDRESS / "auto") or start a local Ray.
 
     `address=None` joins the cluster named by RAY_ADDRESS when set, otherwise starts a local instance.
@@ -41,9 +41,9 @@ def init_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
     log.info("Ray resources: %s", ray.cluster_resources())
 
 

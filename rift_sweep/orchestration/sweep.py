@@ -147,6 +147,7 @@ def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val:
             "eval_seconds": eval_seconds,
             "trial_seconds": time.perf_counter() - start,
             "pid": os.getpid(),
+            "alpha_points_evaluated": 0 if reused else cached["alpha_points_evaluated"],
         }
     )
 
@@ -173,13 +174,17 @@ def _finetune_and_evaluate(exp: Experiment, module: str, settings: FinetuneSetti
         FinetuneState(settings.epochs, None, None, result.val_acc, result.best_epoch, result.best_state)
     )
 
+    evaluated = []
+
     def report_point(row: dict) -> None:
         done[row["alpha"]] = row
+        evaluated.append(row["alpha"])
         _checkpoint({"finetune": trained, "path": list(done.values())}, {"alpha_points_done": len(done)})
 
     eval_start = time.perf_counter()
     path = alpha_path(exp, result.best_state, exp.config.alpha.grid, progress=False, known=known, on_point=report_point)
     return {
+        "alpha_points_evaluated": len(evaluated),
         "best_state": result.best_state,
         "best_epoch": result.best_epoch,
         "val_acc": result.val_acc,
@@ -241,16 +246,22 @@ def run_sweep(
     from rift_sweep.orchestration.resources import worker_shape
     from rift_sweep.orchestration.tracking import close_orphaned_runs
     from rift_sweep.procedure.steps import choose_modules
+    from rift_sweep.procedure.tables import describe_at
 
     start = time.perf_counter()
     # Interim reports carry trial checkpoints, not the objectives: only the final report has them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Each checkpoint forces an experiment snapshot (what a resume needs); Tune warns about every one.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    exp = exp or load_experiment(config, device="cpu")  # the driver only reads weights and data
+    at_val = at_metrics(tracker, "val")
+    if progress:
+        print(describe_at(at_val, len(exp.splits.val)), flush=True)
     stage = run_mrc_stage(config, workers=workers, progress=progress, exp=exp)
+    if progress and stage.skipped:
+        print(f"never run in a forward pass, so not scored: {', '.join(stage.skipped)}", flush=True)
     modules = choose_modules([r["module"] for r in stage.rows], config.modules)
     tracker.log_mrc(stage.rows, modules, stage.table_path)
-    at_val = at_metrics(tracker, "val")
     shape = worker_shape()
     trainable = tune.with_resources(
         tune.with_parameters(rift_trial, config=config, modules=modules, at_val=at_val),
@@ -312,7 +323,9 @@ def _new_tuner(config, trainable, modules, path: Path, num_samples: int, slots: 
             storage_path=str(path.parent),
             verbose=1 if progress else 0,
             failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # Three, not one: a hard kill between a new checkpoint and Tune's next experiment snapshot leaves
+            # the snapshot naming the previous checkpoint, which must still exist for the resume.
+            checkpoint_config=CheckpointConfig(num_to_keep=3),
             callbacks=[MLflowTrialCallback(tracker.uri, tracker.experiment_id, tracker.parent_run_id, config.seed)],
         ),
     )

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from rift_sweep import names
 from rift_sweep.config import SweepConfig
+from rift_sweep.core.files import file_sha256
 from rift_sweep.procedure.plots import mrc_bar_chart
 
 
@@ -25,7 +26,7 @@ def tracking_uri(config: SweepConfig) -> str:
 
 
 def experiment_name(config: SweepConfig) -> str:
-    return config.tracking.experiment or f"rift-{config.data.dataset}-{config.model.name}"
+    return config.tracking.experiment or f"rift-{config.data.dataset}-{config.model.label}"
 
 
 def tag_filter(**tags: str) -> str:
@@ -73,7 +74,7 @@ class SweepTracker:
         config = self.config
         params = {
             "dataset": config.data.dataset,
-            "model": config.model.name,
+            "model": config.model.label,
             "checkpoint": config.model.checkpoint,
             "attack.eps": config.attack.eps,
             "attack.steps": config.attack.steps,
@@ -83,6 +84,11 @@ class SweepTracker:
             "seed": config.seed,
         }
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        if config.model.checkpoint and Path(config.model.checkpoint).is_file():
+            self.client.set_tag(run_id, names.CHECKPOINT_SHA_TAG, file_sha256(config.model.checkpoint))
+        code = user_code_file(config)
+        if code is not None:  # the user's own model class: which code ran is part of the result
+            self.client.set_tag(run_id, names.MODEL_CODE_SHA_TAG, file_sha256(code))
         resolved = config.output_path / names.RESOLVED_CONFIG
         if resolved.is_file():
             self.client.log_artifact(run_id, str(resolved), "config")
@@ -123,8 +129,47 @@ class SweepTracker:
         self.log_metrics(self.parent_run_id, {names.at_prefix(split) + k: v for k, v in metrics.items()})
         return metrics
 
+    def log_model(self, run_id: str, model) -> None:
+        """The model as an MLflow model of `run_id` (once): mlflow.pytorch.load_model("runs:/<run>/model").
+
+        Pickled (not torch.export's pt2) so it loads back as the same nn.Module; a user's own class travels as
+        its file (code_paths)."""
+        import mlflow
+        import mlflow.pytorch
+
+        if self.client.get_run(run_id).data.tags.get(names.MODEL_LOGGED_TAG) == "true":
+            return
+        code_file = user_code_file(self.config)
+        code = [str(code_file)] if code_file else None
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(
+                model.cpu().eval(),
+                name="model",
+                serialization_format="pickle",
+                code_paths=code,
+                pip_requirements=["torch"],
+            )
+        self.client.set_tag(run_id, names.MODEL_LOGGED_TAG, "true")
+
+    def register_model(self, run_id: str, name: str, model) -> str:
+        """Put the run's MLflow model in the model registry under `name`; returns "name/version"."""
+        import mlflow
+
+        self.log_model(run_id, model)
+        mlflow.set_tracking_uri(self.uri)
+        version = mlflow.register_model(f"runs:/{run_id}/model", name)
+        return f"{version.name}/{version.version}"
+
     def finish_parent(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_run_id, status=status)
+
+
+def user_code_file(config: SweepConfig) -> Path | None:
+    """The file of a `model.target` that names one (FILE.py:Name), else None."""
+    target = config.model.target
+    file = target.rpartition(":")[0] if target else ""
+    return Path(file) if file.endswith(".py") else None
 
 
 def find_parent_run(client: MlflowClient, experiment_id: str, config: SweepConfig):

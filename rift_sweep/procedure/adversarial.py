@@ -36,7 +36,7 @@ def train_at_checkpoint(config: SweepConfig, out: Path) -> ATResult:
         out,
         model,
         split=split_identity(config),
-        model=config.model.name,
+        model=config.model.label,
         epochs=config.adversarial_training.epochs,
         best_epoch=result.best_epoch,
         val_std_acc=best["std_acc"],

@@ -19,12 +19,14 @@ from rift_sweep import names
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.attacks import AdversarialSet, attack_split
 from rift_sweep.core.corruptions import OODSet, load_ood
+from rift_sweep.core.custom import build_custom, check_logits, normalization_of
 from rift_sweep.core.data import DatasetInfo, DataSplits, Split, dataset_info, load_splits, tiny_imagenet_wnids
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.evaluate import evaluate
+from rift_sweep.core.evaluate import accuracy, evaluate
 from rift_sweep.core.files import file_sha256
 from rift_sweep.core.models import StateDict, build_model, cpu_copy, load_weights, read_checkpoint_meta
-from rift_sweep.core.mrc import candidate_modules
+from rift_sweep.core.mrc import CANDIDATE_TYPES, candidate_modules, executed_modules
+from rift_sweep.core.robustbench import build_robustbench, robustbench_entry
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,36 @@ def cache_dir(config: SweepConfig, kind: str) -> Path:
     return config.output_path / names.CACHE_DIR / kind
 
 
+def model_normalization(config: SweepConfig, info: DatasetInfo) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the checkpoint was trained with: model.normalization, or the form's default."""
+    chosen = config.model.normalization
+    if chosen is None and config.model.robustbench is not None:
+        stats = robustbench_entry(config.model.robustbench, info.name).normalization
+        return ((0.0,), (1.0,)) if stats is None else (tuple(stats.mean), tuple(stats.std))
+    if chosen is None:
+        chosen = "dataset" if config.model.name else "none"
+    if chosen == "none":
+        return (0.0,), (1.0,)
+    if chosen == "dataset":
+        return info.mean, info.std
+    return chosen.mean, chosen.std
+
+
 def build_architecture(config: SweepConfig, info: DatasetInfo) -> nn.Module:
     """The configured architecture with random weights, normalising its [0, 1] input first."""
-    return build_model(
-        config.model.name, num_classes=info.num_classes, in_channels=info.image_shape[0], mean=info.mean, std=info.std
-    )
+    model, (mean, std), channels = config.model, model_normalization(config, info), info.image_shape[0]
+    if model.name is not None:
+        return build_model(model.name, num_classes=info.num_classes, in_channels=channels, mean=mean, std=std)
+    if model.target is not None:
+        return build_custom(model.target, model.kwargs, mean, std, channels)
+    built = build_robustbench(model.robustbench, info.name)
+    normalization_of(built).set(mean, std)
+    return built
+
+
+def probe_input(info: DatasetInfo, device: torch.device | str = "cpu") -> torch.Tensor:
+    """One mid-grey image of the dataset's shape: enough to see which modules a forward pass calls."""
+    return torch.full((1, *info.image_shape), 0.5, device=device)
 
 
 def load_at_model(
@@ -142,8 +169,17 @@ class Experiment:
 
 
 def experiment_modules(config: SweepConfig, model: nn.Module) -> list[str]:
-    """The candidate modules MRC scores: every Conv2d/Linear weight, narrowed by modules.include/exclude."""
-    return candidate_modules(model, config.modules.include, config.modules.exclude)
+    """The candidate modules MRC scores: every Conv2d/Linear weight that runs, narrowed by include/exclude."""
+    device = next(model.parameters()).device
+    example = probe_input(dataset_info(config.data.dataset), device)
+    return candidate_modules(model, config.modules.include, config.modules.exclude, example)
+
+
+def skipped_modules(config: SweepConfig, model: nn.Module) -> list[str]:
+    """Conv2d/Linear modules a forward pass never calls (listed to the user, never scored)."""
+    example = probe_input(dataset_info(config.data.dataset), next(model.parameters()).device)
+    ran = executed_modules(model, example)
+    return [n for n, m in model.named_modules() if isinstance(m, CANDIDATE_TYPES) and n not in ran]
 
 
 def check_module_choice(config: SweepConfig) -> list[str]:
@@ -152,7 +188,7 @@ def check_module_choice(config: SweepConfig) -> list[str]:
     names_ = experiment_modules(config, build_architecture(config, dataset_info(config.data.dataset)))
     if config.modules.choice == "named" and config.modules.name not in names_:
         raise InputError(
-            f"modules.name {config.modules.name!r} is not a candidate module of {config.model.name}; "
+            f"modules.name {config.modules.name!r} is not a candidate module of {config.model.label}; "
             f"candidates: {', '.join(names_)}"
         )
     return names_
@@ -207,13 +243,64 @@ def check_split_matches(config: SweepConfig) -> None:
         )
 
 
-def load_experiment(config: SweepConfig, device: torch.device | str | None = None) -> Experiment:
+def load_experiment(
+    config: SweepConfig, device: torch.device | str | None = None, *, check: bool = False
+) -> Experiment:
     """Load data and θ_AT (on `device`, default: the configured one). Fails before any compute when the
-    checkpoint is missing or does not fit."""
+    checkpoint is missing or does not fit; with `check`, also when the model is plainly wrong (check_at_model)."""
     check_split_matches(config)
-    splits = load_data(config)
     device = resolve_device(config.device) if device is None else torch.device(device)
-    model = load_at_model(config, splits.info, device=device)
-    log.info("loaded %s (%s) on %s", config.model.checkpoint, config.model.name, device)
+    model = load_at_model(config, dataset_info(config.data.dataset), device=device)  # a bad model fails first
+    splits = load_data(config)
+    log.info("loaded %s (%s) on %s", config.model.checkpoint, config.model.label, device)
     at_state = cpu_copy(model.state_dict())
-    return Experiment(config, splits, device, at_state, file_sha256(config.model.checkpoint), model)
+    exp = Experiment(config, splits, device, at_state, file_sha256(config.model.checkpoint), model)
+    if check:
+        check_at_model(exp)
+    return exp
+
+
+SANITY_EXAMPLES = 256  # validation images for the load-time check: a few seconds even for a large model on CPU
+SANITY_MARGIN = 20.0  # accuracy points by which the other normalisation must win to call this one wrong
+
+
+def check_at_model(exp: Experiment) -> dict[str, float]:
+    """Before any compute: the model returns logits, and its clean accuracy on a few hundred validation images
+    is neither near chance nor far below what the other normalisation choice gives. Returns both accuracies."""
+    info, model = exp.splits.info, exp.load_state(exp.at_state)
+    sample = exp.splits.val.subset(SANITY_EXAMPLES, seed=0)
+    with torch.no_grad():
+        check_logits(
+            model(sample.x[:8].to(exp.device).float() / 255),
+            min(8, len(sample)),
+            info.num_classes,
+            f"the model ({exp.config.model.label})",
+        )
+    normalize = normalization_of(model)
+    configured = (tuple(normalize.mean.flatten().tolist()), tuple(normalize.std.flatten().tolist()))
+    identity = all(m == 0 for m in configured[0]) and all(s == 1 for s in configured[1])
+    other = (info.mean, info.std) if identity else ((0.0,), (1.0,))
+    found = {"std_acc": accuracy(model, sample, device=exp.device)}
+    try:
+        normalize.set(*other)
+        found["other_std_acc"] = accuracy(model, sample, device=exp.device)
+    finally:
+        normalize.set(*configured)
+    names_ = ("none", "dataset") if identity else (_describe_normalization(configured, info), "none")
+    if found["other_std_acc"] - found["std_acc"] >= SANITY_MARGIN:
+        raise InputError(
+            f"the AT model classifies {found['std_acc']:.0f}% of {len(sample)} validation images with "
+            f"normalization {names_[0]} but {found['other_std_acc']:.0f}% with {names_[1]}: "
+            f"set model.normalization: {names_[1]} (what the checkpoint was trained on)"
+        )
+    chance = 100.0 / info.num_classes
+    if found["std_acc"] < 2 * chance:
+        raise InputError(
+            f"the AT model classifies {found['std_acc']:.0f}% of {len(sample)} validation images "
+            f"(chance: {chance:.0f}%): wrong checkpoint, architecture, dataset or model.normalization"
+        )
+    return found
+
+
+def _describe_normalization(stats: tuple, info: DatasetInfo) -> str:
+    return "dataset" if (tuple(stats[0]), tuple(stats[1])) == (tuple(info.mean), tuple(info.std)) else str(stats)

@@ -7,6 +7,7 @@ split is touched only for the final report.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rift_sweep.core.finetune import FinetuneResult
@@ -29,12 +30,18 @@ class RiftReport:
     ood_source: str | None  # "real" or "generated"
 
 
-def run_paper_procedure(exp: Experiment, *, progress: bool = True) -> RiftReport:
+def run_paper_procedure(
+    exp: Experiment, *, progress: bool = True, on_at_val: Callable[[dict], None] | None = None
+) -> RiftReport:
+    """The whole procedure; `on_at_val` gets the AT model's validation metrics first, before any MRC, so a wrong
+    model shows in the first minute."""
     config = exp.config
+    at_val = exp.evaluate(exp.at_state, "val")
+    if on_at_val is not None:
+        on_at_val(at_val)
     ranked = score_modules(exp, experiment_modules(config, exp.model), progress=progress)
     module = choose_modules([r.module for r in ranked], config.modules)[0]
     finetuned = finetune(exp, module, config.finetune, progress=progress)
-    at_val = exp.evaluate(exp.at_state, "val")
     path = alpha_path(exp, finetuned.best_state, config.alpha.grid, progress=progress, known={0.0: at_val})
     alpha = alpha_by_rule(path, at_val, config.alpha.tolerance)
     runs = config.attack.test_runs

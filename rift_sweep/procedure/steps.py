@@ -13,7 +13,7 @@ from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneS
 from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.models import StateDict
 from rift_sweep.core.mrc import MRCResult, module_robust_criticality
-from rift_sweep.core.selection import choose_alpha
+from rift_sweep.core.selection import paper_rule
 from rift_sweep.procedure.experiment import Experiment
 
 
@@ -92,5 +92,5 @@ def alpha_path(
 
 def alpha_by_rule(path: Sequence[Mapping[str, float]], at_val: Mapping[str, float], tolerance: float) -> float:
     """The paper's α: the largest val std_acc with rob_acc ≥ AT − tolerance; 0 (the AT model) when none qualifies."""
-    chosen = choose_alpha(path, at_rob_acc=at_val["rob_acc"], tolerance=tolerance)
+    chosen = paper_rule(path, at_rob_acc=at_val["rob_acc"], tolerance=tolerance)
     return float(chosen["alpha"]) if chosen else 0.0

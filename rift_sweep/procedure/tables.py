@@ -20,8 +20,20 @@ class FrontReport:
     ui_hint: str
 
     @property
+    def recommended(self) -> dict | None:
+        """The paper's rule applied to the trials (validation), or None: no trial keeps robustness."""
+        return next((t for t in self.trials if t.get("recommended")), None)
+
+    @property
     def front(self) -> list[dict]:
         return sorted((t for t in self.trials if t["on_front"]), key=lambda t: -t[STD_ACC])
+
+
+def describe_at(at_val: dict, examples: int) -> str:
+    """The AT model's validation accuracy, printed before MRC starts: a wrong model is visible at once."""
+    return f"AT model on {examples} validation images: std {at_val[STD_ACC]:.2f}  rob {at_val[ROB_ACC]:.2f}" + (
+        f"  ood {at_val[OOD_ACC]:.2f}" if OOD_ACC in at_val else ""
+    )
 
 
 def format_mrc_table(rows: Sequence[dict], chosen: Sequence[str] = ()) -> str:
@@ -77,16 +89,23 @@ def format_front(report: FrontReport) -> str:
         f"{'trial':<14}{'module':<18}{'lr':>9}{'ep':>4}{'alpha':>7} |{'val std':>8}{'rob':>8}{'ood':>8} |"
         f"{'test std':>8}{'rob':>8}{'ood':>8}"
     )
+    best = report.recommended
     lines = [
+        f"Recommended (the paper's rule on validation): trial {best['trial_id']}, lr {best['lr']:.2e}, "
+        f"{best['epochs']} epochs, α {best['alpha']:.2f}"
+        if best
+        else "Recommended: the AT model (no trial keeps validation robustness within the tolerance)",
+        "",
         f"Pareto front over {', '.join(report.objectives)} (validation); {len(report.front)} of "
         f"{len(report.trials)} trials",
         header,
         "-" * len(header),
     ]
-    for t in report.front:
+    for t in sorted({id(t): t for t in [*([best] if best else []), *report.front]}.values(), key=lambda t: -t[STD_ACC]):
+        mark = "  <- recommended" if t is best else ""
         lines.append(
             f"{t['trial_id']:<14}{t['module']:<18}{t['lr']:>9.2e}{t['epochs']:>4}{t['alpha']:>7.2f} |"
-            f"{accs(t)} |{accs(t, TEST_PREFIX)}"
+            f"{accs(t)} |{accs(t, TEST_PREFIX)}{mark}"
         )
     lines.append(f"{'AT model':<52} |{accs(report.at_val)} |{accs(report.at_test)}")
     return "\n".join(lines)

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rift_sweep.core.selection import choose_alpha, hypervolume_2d, pareto_mask
+from rift_sweep.core.selection import hypervolume_2d, paper_rule, pareto_mask
 
 
 def path(*rows):
@@ -12,27 +12,27 @@ def path(*rows):
 
 def test_alpha_rule_takes_largest_std_gain_within_tolerance():
     rows = path((0.0, 80.0, 50.0), (0.5, 82.0, 49.95), (0.8, 84.0, 49.5), (1.0, 85.0, 45.0))
-    assert choose_alpha(rows, at_rob_acc=50.0, tolerance=0.1)["alpha"] == 0.5
-    assert choose_alpha(rows, at_rob_acc=50.0, tolerance=0.5)["alpha"] == 0.8
-    assert choose_alpha(rows, at_rob_acc=50.0, tolerance=10.0)["alpha"] == 1.0
+    assert paper_rule(rows, at_rob_acc=50.0, tolerance=0.1)["alpha"] == 0.5
+    assert paper_rule(rows, at_rob_acc=50.0, tolerance=0.5)["alpha"] == 0.8
+    assert paper_rule(rows, at_rob_acc=50.0, tolerance=10.0)["alpha"] == 1.0
 
 
 def test_alpha_rule_ties_prefer_higher_robustness_then_smaller_alpha():
     rows = path((0.6, 83.0, 50.0), (0.7, 83.0, 50.2), (0.9, 83.0, 50.2))
-    assert choose_alpha(rows, at_rob_acc=50.0)["alpha"] == 0.7
+    assert paper_rule(rows, at_rob_acc=50.0)["alpha"] == 0.7
 
 
 def test_alpha_rule_none_when_nothing_qualifies():
     rows = path((0.5, 82.0, 49.0), (1.0, 85.0, 45.0))
-    assert choose_alpha(rows, at_rob_acc=50.0, tolerance=0.1) is None
-    assert choose_alpha([], at_rob_acc=50.0) is None
+    assert paper_rule(rows, at_rob_acc=50.0, tolerance=0.1) is None
+    assert paper_rule([], at_rob_acc=50.0) is None
 
 
 def test_alpha_rule_boundary_is_inclusive_and_tolerance_checked():
     rows = path((0.4, 81.0, 49.9))
-    assert choose_alpha(rows, at_rob_acc=50.0, tolerance=0.1)["alpha"] == 0.4
+    assert paper_rule(rows, at_rob_acc=50.0, tolerance=0.1)["alpha"] == 0.4
     with pytest.raises(ValueError, match="tolerance"):
-        choose_alpha(rows, at_rob_acc=50.0, tolerance=-1)
+        paper_rule(rows, at_rob_acc=50.0, tolerance=-1)
 
 
 def brute_force_front(points):

@@ -55,7 +55,7 @@ def test_a_bug_keeps_its_traceback_while_user_errors_are_one_line(tmp_path, digi
 
     path = write_digits_config(tmp_path, digits_checkpoint)
 
-    def broken(exp, progress=True):
+    def broken(exp, **kwargs):
         raise ValueError("an internal bug, not the user's input")
 
     monkeypatch.setattr(paper, "run_paper_procedure", broken)

@@ -1,15 +1,11 @@
 """Stage 2 for real: Ray Tune + Optuna on a local Ray, MLflow on sqlite and over HTTP, the driver killed."""
 
-import glob
 import os
-import pickle
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import urllib.request
-from contextlib import closing
 
 import pytest
 import ray
@@ -18,10 +14,10 @@ from rift_sweep import cli
 from rift_sweep.config import load_config
 from rift_sweep.core.selection import pareto_mask
 from rift_sweep.names import FINETUNE_REUSED_TAG, PARETO_TAG, PID_TAG, SWEEP_TAG, TRIAL_TAG
-from rift_sweep.orchestration.sweep import run_sweep, tune_paths
+from rift_sweep.orchestration.sweep import run_sweep
 from rift_sweep.orchestration.tracking import SweepTracker, child_runs
 
-from conftest import free_port, wait_for, write_digits_config
+from conftest import assert_in_study, finished_children, free_port, optuna_study, wait_for, write_digits_config
 
 pytestmark = pytest.mark.slow
 
@@ -43,24 +39,6 @@ def sweep_config(folder, checkpoint, *, num_samples=4, max_concurrent=2, space=S
 
 def children(tracker, status=None):
     return child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status)
-
-
-def optuna_study(config):
-    states = glob.glob(str(tune_paths(config)[-1] / "searcher-state-*.pkl"))
-    with open(max(states), "rb") as handle:  # the newest by the timestamp in its name, as Tune restores
-        return pickle.load(handle)["_ot_study"]
-
-
-def assert_in_study(study, run):
-    """The trial's (params, values) reached Optuna as a COMPLETE trial."""
-    params = run.data.params
-    values = [run.data.metrics["std_acc"], run.data.metrics["rob_acc"]]
-
-    def same_point(trial):  # the searched parameters only: the others are fixed by the config
-        return all(float(params[k]) == pytest.approx(v) for k, v in trial.params.items())
-
-    matches = [t for t in study.trials if t.state.name == "COMPLETE" and same_point(t)]
-    assert any(t.values == pytest.approx(values) for t in matches), (dict(params), values)
 
 
 @pytest.fixture()
@@ -170,11 +148,11 @@ def test_sigkill_of_the_driver_then_resume_reaches_the_same_end_state(tmp_path, 
     driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     config = load_config(path)
     try:
-        wait_for(lambda: _finished_children(config) >= 1, timeout=300)
+        wait_for(lambda: finished_children(config) >= 1, timeout=300)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
         driver.wait()
-    assert _finished_children(config) < 4
+    assert finished_children(config) < 4
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     tracker = SweepTracker(config)
@@ -234,22 +212,6 @@ def test_bad_configs_are_refused_before_ray_starts(tmp_path, digits_checkpoint, 
     import re
 
     assert re.search(message, capsys.readouterr().err)
-
-
-def _finished_children(config) -> int:
-    """A read-only look at the store: an MLflow client would race the driver's own schema migration."""
-    db = config.output_path / "mlflow.db"
-    if not db.exists():
-        return 0
-    query = (
-        "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-        "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'"
-    )
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
-            return connection.execute(query).fetchone()[0]
-    except sqlite3.OperationalError:  # tables not created yet
-        return 0
 
 
 def _running_with_epoch(tracker):
