@@ -1,115 +1,221 @@
-"""The demo sweep, measured: wall time; the share of the trial phase spent fine-tuning and evaluating versus
-Ray/Tune/MLflow overhead; and the hypervolume of the validation (std_acc, rob_acc) front — reference point (0, 0)
-— against the paper's procedure (one fine-tune at lr 0.001, 10 epochs, α ∈ {0, 0.1, …, 1}) at the same number of
-fine-tuning epochs.
+"""Does the sweep beat the paper's procedure on held-out data, and which sampler should it use?
 
-    python bench/sweep.py [--num-samples 8]
+    .venv/bin/python bench/sweep.py [--seeds 0 1 2] [--samplers tpe gp nsga2] [--multiples 1 2 4]
+                                    [--val 5000] [--test 10000] [--out bench/sweep_runs.json]
 
-The sweep's points are every α point its fine-tunes evaluated (each fine-tune buys a whole α path); "at equal
-budget" keeps the fine-tunes, in the order they ran, until their epochs would pass the paper's 10.
+For each sampler and seed, the sweep's search runs in-process — the same Optuna sampler and multi-objective
+study as `rift-sweep sweep`, the paper's point (finetune.lr, finetune.epochs) queued first, every fine-tune's
+whole α path told to the study — until its fine-tuning epochs reach the largest budget (multiples of the paper's
+finetune.epochs). Only Ray's concurrency is left out (trials run one after another), so the sampler sees each
+result before its next suggestion.
+
+For each budget (the fine-tunes that fit, in the order they ran) and for the paper's procedure alone:
+(a) the model the paper's rule picks on VALIDATION (largest std_acc with rob_acc >= AT - tolerance, over every α
+point evaluated), then evaluated on the TEST split (PGD worst-of-attack.test_runs); (b) every model on the
+validation front, evaluated on test, and the test hypervolume of those points. Intervals: Wilson 95 % for each
+accuracy; for sweep pick minus paper pick, a paired bootstrap 95 % interval on the same test images.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
+import json
+import os
+import platform
 import time
 from pathlib import Path
 
-import ray
+import numpy as np
+import optuna
+import torch
 
 from rift_sweep.config import load_config
-from rift_sweep.core.selection import hypervolume_2d
-from rift_sweep.names import FINETUNE_KEY_TAG
-from rift_sweep.orchestration.mrc_pool import run_mrc_stage
-from rift_sweep.orchestration.sweep import run_sweep
-from rift_sweep.orchestration.tracking import SweepTracker, child_runs
-from rift_sweep.procedure.experiment import load_experiment
-from rift_sweep.procedure.finetune_cache import load_finetune
-from rift_sweep.procedure.steps import alpha_path, choose_modules, finetune
+from rift_sweep.core.evaluate import evaluate_examples
+from rift_sweep.core.interpolate import interpolate_state
+from rift_sweep.core.selection import hypervolume_2d, paper_rule, pareto_mask
+from rift_sweep.core.statistics import bootstrap_interval, wilson_interval
+from rift_sweep.orchestration.sweep import make_sampler, paper_point, search_space
+from rift_sweep.procedure.experiment import experiment_modules, load_experiment
+from rift_sweep.procedure.steps import alpha_path, choose_modules, finetune, score_modules
 
-PAPER = {"lr": 0.001, "epochs": 10, "grid": [i / 10 for i in range(11)]}
-
-
-def sweep_points(config, tracker) -> tuple[list, list]:
-    """(fine-tunes in run order as (epochs, α-path points), trial timing rows)."""
-    runs = sorted(
-        child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, "FINISHED"),
-        key=lambda r: r.info.start_time,
-    )
-    finetunes, seen, timing = [], set(), []
-    for run in runs:
-        m, key = run.data.metrics, run.data.tags[FINETUNE_KEY_TAG]
-        timing.append((m["finetune_seconds"], m["eval_seconds"], m["trial_seconds"]))
-        if key not in seen:
-            seen.add(key)
-            path = load_finetune(config, key)["alpha_path"]
-            finetunes.append((int(run.data.params["epochs"]), [(p["std_acc"], p["rob_acc"]) for p in path]))
-    return finetunes, timing
+FINETUNES: dict = {}  # (lr, epochs) -> (state, α path): the same fine-tune is never run twice, as in the sweep
 
 
-def paper_points(config, module: str) -> tuple[list, float]:
-    exp = load_experiment(
-        dataclasses.replace(config, alpha=dataclasses.replace(config.alpha, grid=tuple(PAPER["grid"])))
-    )
-    start = time.perf_counter()
-    settings = dataclasses.replace(config.finetune, lr=PAPER["lr"], epochs=PAPER["epochs"])
-    result = finetune(exp, module, settings)
-    path = alpha_path(exp, result.best_state, PAPER["grid"], progress=False)
-    return [(p["std_acc"], p["rob_acc"]) for p in path], time.perf_counter() - start
+def run_search(exp, module: str, sampler: str, seed: int, max_epochs: int, at_val: dict) -> list[dict]:
+    """Fine-tunes in the order the sampler asked for them, until the epochs reach `max_epochs`."""
+    config = dataclasses.replace(exp.config, search=dataclasses.replace(exp.config.search, sampler=sampler, seed=seed))
+    space = search_space(config, [module])
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(config))
+    study.enqueue_trial(paper_point(config, [module]))
+    done, spent = [], 0
+    while True:
+        trial = study.ask(space)
+        lr, epochs = trial.params.get("lr", config.finetune.lr), trial.params.get("epochs", config.finetune.epochs)
+        if spent + epochs > max_epochs:
+            break
+        start = time.perf_counter()
+        if (lr, epochs) not in FINETUNES:
+            settings = dataclasses.replace(config.finetune, lr=float(lr), epochs=int(epochs))
+            best = finetune(exp, module, settings).best_state
+            FINETUNES[lr, epochs] = best, alpha_path(exp, best, config.alpha.grid, progress=False, known={0.0: at_val})
+        best, path = FINETUNES[lr, epochs]
+        own = min(path, key=lambda r: abs(r["alpha"] - trial.params.get("alpha", 0.0)))
+        study.tell(trial, [own["std_acc"], own["rob_acc"]])
+        for row in path:  # the rest of the path: already evaluated points, as the sweep's searcher adds them
+            if row is not own and "alpha" in space:
+                params = {**trial.params, "alpha": row["alpha"]}
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params=params, distributions=space, values=[row["std_acc"], row["rob_acc"]]
+                    )
+                )
+        spent += epochs
+        done.append(
+            {
+                "lr": float(lr),
+                "epochs": int(epochs),
+                "path": path,
+                "state": best,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    return done
+
+
+def choices(finetunes: list[dict], at_val: dict, tolerance: float) -> tuple[tuple, list[tuple]]:
+    """(the rule's pick, the validation front) over every α point, each as (fine-tune index, α)."""
+    points = [(i, row) for i, ft in enumerate(finetunes) for row in ft["path"]]
+    rows = [{**row, "index": i} for i, row in points]
+    pick = paper_rule(rows, at_rob_acc=at_val["rob_acc"], tolerance=tolerance)
+    mask = pareto_mask([[r["std_acc"], r["rob_acc"]] for r in rows])
+    front = sorted({(r["index"], r["alpha"]) for r, keep in zip(rows, mask) if keep})
+    return ((pick["index"], pick["alpha"]) if pick else None), front
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--config", default="search_spaces/demo.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "gp", "nsga2"])
+    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--val", type=int, default=5000)
+    parser.add_argument("--test", type=int, default=10000)
+    parser.add_argument("--test-runs", type=int, help="PGD runs on test, worst of (default: attack.test_runs)")
+    parser.add_argument("--out", type=Path, default=Path("bench/sweep_runs.json"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(
-            "search_spaces/demo.yaml",
-            {"output_dir": str(Path(tmp) / "out"), "search": {"num_samples": args.num_samples}},
-        )
-        ray.init(include_dashboard=False, log_to_driver=False)
-        start = time.perf_counter()
-        stage = run_mrc_stage(config, progress=False)
-        mrc_seconds = time.perf_counter() - start
-        tracker = SweepTracker(config)
-        outcome = run_sweep(config, tracker, progress=False)  # stage 1 now comes from the cache
-        total = time.perf_counter() - start
-        slots = min(config.search.max_concurrent, int(ray.cluster_resources()["CPU"]))
-        ray.shutdown()
-        finetunes, timing = sweep_points(config, tracker)
-        module = choose_modules([r["module"] for r in stage.rows], config.modules)[0]
-        paper, paper_seconds = paper_points(config, module)
+    config = load_config(
+        args.config,
+        assignments=[f"data.val_subset={args.val}", f"data.test_subset={args.test}", "ood.enabled=false", "device=cpu"],
+    )
+    exp = load_experiment(config)
+    at_val = exp.evaluate(exp.at_state, "val")
+    module = choose_modules(
+        [r.module for r in score_modules(exp, experiment_modules(config, exp.model), progress=False)], config.modules
+    )[0]
+    test_cache: dict = {}
 
-    useful = sum(f + e for f, e, _ in timing)
-    in_trials = sum(t for _, _, t in timing)
-    phase = outcome.seconds  # run_sweep's own wall time: cached stage 1, AT baseline, the Tune phase
-    all_points = [p for _, path in finetunes for p in path]
-    budget, within = 0, []
-    for epochs, path in finetunes:
-        if budget + epochs > PAPER["epochs"]:
-            break
-        budget += epochs
-        within += path
-    print(
-        f"demo sweep: {len(timing)} trials, {len(finetunes)} fine-tunes ({sum(e for e, _ in finetunes)} epochs), "
-        f"{slots} concurrent\n"
+    def on_test(finetunes, choice) -> dict:
+        """Per-example test correctness of a (fine-tune, α) model (None: the AT model), computed once."""
+        index, alpha = choice if choice else (None, 0.0)
+        key = (id(finetunes[index]["state"]) if index is not None else None, alpha)
+        if key not in test_cache:
+            state = exp.at_state if index is None else interpolate_state(exp.at_state, finetunes[index]["state"], alpha)
+            test_cache[key] = evaluate_examples(
+                exp.load_state(state),
+                exp.splits.test,
+                pgd=config.attack,
+                runs=config.attack.test_runs,
+                seed=config.seed,
+            )
+        return test_cache[key]
+
+    paper_epochs = config.finetune.epochs
+    results = []
+    paper_runs = run_search(exp, module, "tpe", 0, paper_epochs, at_val)[:1]  # the paper's point alone
+    for sampler in args.samplers:
+        for seed in args.seeds:
+            start = time.perf_counter()
+            finetunes = run_search(exp, module, sampler, seed, max(args.multiples) * paper_epochs, at_val)
+            for multiple in [0, *args.multiples]:  # 0: the paper's procedure (its one fine-tune)
+                if multiple == 0:
+                    within = paper_runs
+                else:
+                    spent, within = 0, []
+                    for ft in finetunes:
+                        if spent + ft["epochs"] > multiple * paper_epochs:
+                            break
+                        spent += ft["epochs"]
+                        within.append(ft)
+                pick, front = choices(within, at_val, config.alpha.tolerance)
+                picked = on_test(within, pick)
+                paper = on_test(paper_runs, choices(paper_runs, at_val, config.alpha.tolerance)[0])
+                front_points = [
+                    (100 * on_test(within, c)["clean"].mean(), 100 * on_test(within, c)["robust"].mean()) for c in front
+                ]
+                diff = bootstrap_interval(picked["clean"], paper["clean"], n_resamples=2000, seed=0)
+                results.append(
+                    {
+                        "sampler": sampler,
+                        "seed": seed,
+                        "multiple": multiple,
+                        "finetunes": len(within),
+                        "epochs": sum(ft["epochs"] for ft in within),
+                        "pick": None
+                        if pick is None
+                        else {"lr": within[pick[0]]["lr"], "epochs": within[pick[0]]["epochs"], "alpha": pick[1]},
+                        "test_std": 100 * picked["clean"].mean(),
+                        "test_rob": 100 * picked["robust"].mean(),
+                        "test_std_ci": wilson_interval(int(picked["clean"].sum()), len(picked["clean"])),
+                        "test_rob_ci": wilson_interval(int(picked["robust"].sum()), len(picked["robust"])),
+                        "std_minus_paper": 100 * (picked["clean"].mean() - paper["clean"].mean()),
+                        "std_minus_paper_ci": diff,
+                        "rob_minus_paper": 100 * (picked["robust"].mean() - paper["robust"].mean()),
+                        "test_hypervolume": hypervolume_2d(front_points),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+                print(json.dumps(results[-1]), flush=True)
+    at_test = on_test(paper_runs, None)
+    args.out.write_text(
+        json.dumps(
+            {
+                "config": args.config,
+                "val": len(exp.splits.val),
+                "test": len(exp.splits.test),
+                "at_test_std": 100 * at_test["clean"].mean(),
+                "at_test_rob": 100 * at_test["robust"].mean(),
+                "results": results,
+            },
+            indent=1,
+        )
     )
-    print("| figure | value |\n|---|---|")
-    print(f"| wall time, stage 1 (fresh) | {mrc_seconds:.0f} s |")
-    print(f"| wall time, run_sweep (cached stage 1 + AT baseline + trials) | {phase:.0f} s |")
-    print(f"| wall time, total | {total:.0f} s |")
-    print(f"| useful share inside trials (fine-tune + eval) / trial time | {useful / in_trials:.0%} |")
-    print(f"| useful share of the run_sweep wall x {slots} slots | {useful / (phase * slots):.0%} |")
-    print(f"| hypervolume, sweep, all {len(all_points)} α points | {hypervolume_2d(all_points):.1f} |")
+    print_tables(results, 100 * at_test["clean"].mean(), 100 * at_test["robust"].mean())
     print(
-        f"| hypervolume, sweep, fine-tunes within {PAPER['epochs']} epochs ({budget} used, {len(within)} points) "
-        f"| {hypervolume_2d(within):.1f} |"
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f}; validation {len(exp.splits.val)}, test {len(exp.splits.test)}"
     )
+
+
+def print_tables(results: list[dict], at_std: float, at_rob: float) -> None:
+    print(f"\nAT model on test: std {at_std:.2f}, rob {at_rob:.2f}\n")
     print(
-        f"| hypervolume, paper procedure (lr 0.001, 10 epochs, 11 α; {paper_seconds:.0f} s) | {hypervolume_2d(paper):.1f} |"
+        "| sampler | budget | seeds | rule's pick on test: std (mean of seeds) | rob | std − paper (per seed, "
+        "95 % paired bootstrap) | test hypervolume of the val front |\n|---|---|---|---|---|---|---|"
     )
+    for sampler in dict.fromkeys(r["sampler"] for r in results):
+        for multiple in dict.fromkeys(r["multiple"] for r in results):
+            rows = [r for r in results if r["sampler"] == sampler and r["multiple"] == multiple]
+            label = "paper's procedure" if multiple == 0 else f"{multiple}×"
+            diffs = "; ".join(
+                f"{r['std_minus_paper']:+.2f} [{r['std_minus_paper_ci'][0]:+.2f}, {r['std_minus_paper_ci'][1]:+.2f}]"
+                for r in rows
+            )
+            print(
+                f"| {sampler} | {label} | {len(rows)} | {np.mean([r['test_std'] for r in rows]):.2f} | "
+                f"{np.mean([r['test_rob'] for r in rows]):.2f} | {diffs} | "
+                f"{np.mean([r['test_hypervolume'] for r in rows]):.1f} |"
+            )
 
 
 if __name__ == "__main__":

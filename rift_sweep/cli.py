@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from rift_sweep import names
@@ -15,6 +16,9 @@ from rift_sweep.core.errors import InputError
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:  # our dependencies' deprecation notices are theirs to fix, not the user's to read
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -189,6 +193,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         address=args.address,
         gpus=args.gpus,
         progress=True,
+        verbose=args.verbose,
     )
     outcome = result.outcome
     if result.report is None:

@@ -192,8 +192,10 @@ class SearchConfig:
     )
     num_samples: int = 16
     max_concurrent: int = 2
-    sampler: Literal["tpe", "nsga2"] = "tpe"
+    sampler: Literal["tpe", "gp", "nsga2"] = "tpe"  # README "How the sweep spends compute": why TPE
     seed: int = 0
+    start_from_paper: bool = True  # the first trial is the paper's (finetune.lr, finetune.epochs): the sweep's
+    # results then contain the paper's, and every further trial can only add to them
     objectives: tuple[Literal["std_acc", "rob_acc", "ood_acc"], ...] = ("std_acc", "rob_acc")
 
     def __post_init__(self) -> None:
@@ -256,6 +258,15 @@ class SweepConfig:
             robustbench_entry(
                 self.model.robustbench, self.data.dataset
             )  # an unknown entry fails here, naming close ones
+        if self.search.start_from_paper:
+            for name, value in (("lr", self.finetune.lr), ("epochs", self.finetune.epochs)):
+                rng = self.search.space.get(name)
+                if rng is not None and not rng.low <= value <= rng.high:
+                    raise ValueError(
+                        f"search.start_from_paper: the paper's finetune.{name} = {value} lies outside "
+                        f"search.space.{name} [{rng.low}, {rng.high}]; widen the space or set "
+                        f"search.start_from_paper: false"
+                    )
         if OOD_ACC in self.search.objectives and not self.ood.enabled:
             raise ValueError("search.objectives holds ood_acc but ood.enabled is false: enable ood or drop ood_acc")
 

@@ -14,6 +14,7 @@ INTERVAL_SUFFIXES = ("_low", "_high")  # a 95 % interval beside an accuracy: std
 # Metric-name prefixes on MLflow runs.
 TEST_PREFIX = "test_"  # a trial's test-split metrics
 PATH_PREFIX = "path_"  # a trial's α path, one step per α
+RECOMMENDED_PREFIX = "recommended_"  # the recommended model on the parent run: its α, test metrics, p-values
 
 
 def at_prefix(split: str) -> str:
@@ -37,6 +38,7 @@ MODEL_CODE_SHA_TAG = "rift.model_code_sha256"
 PARETO_TAG = "pareto"
 RECOMMENDED_TAG = "recommended"
 MODEL_LOGGED_TAG = "rift.model_logged"
+RECOMMENDED_ALPHA_TAG = "rift.recommended_alpha"
 PARETO_FILTER = f"tags.{PARETO_TAG} = 'true'"  # for the MLflow UI's search box
 RECOMMENDED_FILTER = f"tags.{RECOMMENDED_TAG} = 'true'"
 

@@ -42,7 +42,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
 @pytest.mark.parametrize(
     "raw,field",
     [
-        (with_(search={"sampler": "random-forest"}), "config.search.sampler"),
+        (with_(search={"sampler": "random-forest"}), "config.search.sampler must be one of \\['tpe', 'gp', 'nsga2'\\]"),
         (with_(search={"space": {}}), "space is empty"),
         (with_(search={"space": {"lr": {"low": 0.1, "high": 0.001, "log": True}}}), "low \\(0.1\\) must be < high"),
         (with_(search={"space": {"alpha": {"low": 0.0, "high": 1.5}}}), "alpha must lie within \\[0, 1\\]"),
@@ -141,6 +141,7 @@ def test_the_resolved_config_round_trips(tmp_path):
         (with_(data={"dataset": "imagenet-21k"}), "dataset 'imagenet-21k' is unknown"),
         (with_(model={"name": "vit"}), "name 'vit' is not a built-in model"),
         (with_(data={"dataset": "digits", "val_size": 1.5}), "val_size must be"),
+        (with_(search={"space": {"lr": {"low": 0.01, "high": 0.1}}}), "the paper's finetune.lr = 0.001 lies outside"),
     ],
 )
 def test_rules_across_fields_are_checked_at_load(tmp_path, raw, message):

@@ -11,12 +11,15 @@ import time
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from tqdm.auto import tqdm
 
 from rift_sweep import names
 from rift_sweep.orchestration.tracking import close_orphaned_runs, tag_filter
 
 RESOLVED_PARAMS = ("module", "lr", "epochs", "alpha")
-INTERIM_METRICS = ("epoch", "ft_val_acc", "alpha_points_done")
+# Interim metric -> the counter that is its MLflow step. Not Tune's training_iteration: that restarts from the
+# restored checkpoint after a resume, which would put two values at one step.
+INTERIM_METRICS = {"epoch": "epoch", "ft_val_acc": "epoch", "alpha_points_done": "alpha_points_done"}
 TIMING_METRICS = ("finetune_seconds", "eval_seconds", "trial_seconds", "best_epoch", "alpha_points_evaluated")
 
 
@@ -77,10 +80,9 @@ class MLflowTrialCallback(Callback):
             return
         if "pid" in result:  # which process runs the trial: for debugging, and to find it from outside
             self.client.set_tag(self.run_id(trial.trial_id), names.PID_TAG, str(result["pid"]))
-        step = int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
         metrics = [
-            Metric(k, float(v), now, step)
+            Metric(k, float(v), now, int(result[INTERIM_METRICS[k]]))
             for k, v in result.items()
             if k in INTERIM_METRICS and isinstance(v, (int, float))
         ]
@@ -118,3 +120,44 @@ class MLflowTrialCallback(Callback):
         # Finished trials closed their runs; what is still RUNNING was paused or lost. A resumed trial
         # finds its run by tag and marks it RUNNING again.
         close_orphaned_runs(self.client, self.experiment_id, self.parent_run_id)
+
+
+class ProgressCallback(Callback):
+    """What a user watches: one line per finished trial and a bar over the sweep (Tune's own tables only with
+    --verbose)."""
+
+    def __init__(self, total: int, done: int = 0) -> None:
+        self.total, self.done = total, done
+        self._bar = None
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks into its experiment state; a bar does not pickle
+        return {**self.__dict__, "_bar": None}
+
+    @property
+    def bar(self) -> tqdm:
+        if self._bar is None:
+            self._bar = tqdm(total=self.total, initial=self.done, desc="trials", unit="trial", leave=False)
+        return self._bar
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        r = trial.last_result
+        if names.STD_ACC not in r:
+            return
+        self.bar.write(
+            f"trial {trial.trial_id}  lr {r['lr']:.2e}  epochs {r['epochs']:>2}  α {r['alpha']:.2f}  "
+            f"val std {_with_interval(r, names.STD_ACC)}  rob {_with_interval(r, names.ROB_ACC)}  "
+            f"{r.get('trial_seconds', 0):.0f} s" + ("  (fine-tune reused)" if r.get("finetune_reused") else "")
+        )
+        self.bar.update()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.bar.write(f"trial {trial.trial_id} failed (--verbose shows Tune's report): {trial.error_file}")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _with_interval(result: dict, key: str) -> str:
+    low, high = result.get(f"{key}_low"), result.get(f"{key}_high")
+    return f"{result[key]:.2f}" + (f"±{(high - low) / 2:.2f}" if low is not None and high is not None else "")

@@ -40,11 +40,12 @@ def export_model(
     if tracker.parent_run_id is None:
         raise InputError(f"no sweep {config.name!r} in {tracker.uri}; run `rift-sweep sweep` first")
     run = _find_run(tracker, trial_id)
+    alpha = run.data.tags.get(names.RECOMMENDED_ALPHA_TAG) if trial_id is None else None
     trial = {
         "run_id": run.info.run_id,
         "trial_id": run.data.tags[names.TRIAL_TAG],
         "finetune_key": run.data.tags[names.FINETUNE_KEY_TAG],
-        "alpha": float(run.data.params["alpha"]),
+        "alpha": float(alpha if alpha is not None else run.data.params["alpha"]),
     }
     model = trial_model(config, trial)
     ours = model.state_dict()
@@ -54,7 +55,7 @@ def export_model(
         torch.save(state, tmp)
     sidecar = out.with_name(out.name + ".json")
     with atomic_write(sidecar) as tmp:
-        tmp.write_text(json.dumps(_provenance(config, run), indent=2, default=str))
+        tmp.write_text(json.dumps(_provenance(config, run, trial["alpha"], tracker), indent=2, default=str))
     registered = None
     if register:
         registered = tracker.register_model(trial["run_id"], register, model)
@@ -83,26 +84,33 @@ def _find_run(tracker: SweepTracker, trial_id: str | None):
     )
 
 
-def _provenance(config: SweepConfig, run) -> dict:
+def _provenance(config: SweepConfig, run, alpha: float, tracker: SweepTracker) -> dict:
+    """Where the exported weights come from, and how they scored. The recommended model is an α of its trial's
+    path (maybe not the trial's own α): its metrics are the ones kept on the parent run."""
     metrics = run.data.metrics
+    if run.data.tags.get(names.RECOMMENDED_ALPHA_TAG) == str(alpha):
+        parent = tracker.client.get_run(tracker.parent_run_id).data.metrics
+        metrics = {
+            k.removeprefix(names.RECOMMENDED_PREFIX): v
+            for k, v in parent.items()
+            if k.startswith(names.RECOMMENDED_PREFIX)
+        }
+        val = {k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_")}
+    else:
+        val = {k: v for k, v in metrics.items() if k.removesuffix("_low").removesuffix("_high") in names.OBJECTIVES}
     return {
         "sweep": config.name,
         "trial_id": run.data.tags.get(names.TRIAL_TAG),
         "mlflow_run_id": run.info.run_id,
-        "recommended": run.data.tags.get(names.RECOMMENDED_TAG) == "true",
+        "recommended": run.data.tags.get(names.RECOMMENDED_ALPHA_TAG) == str(alpha),
         "input_checkpoint": config.model.checkpoint,
         "input_checkpoint_sha256": file_sha256(config.model.checkpoint),
         "model": dataclasses.asdict(config.model),
         "module": run.data.params.get("module"),
         "lr": float(run.data.params["lr"]),
         "epochs": int(run.data.params["epochs"]),
-        "alpha": float(run.data.params["alpha"]),
-        "val": {
-            k: v
-            for k, v in metrics.items()
-            if not k.startswith((names.TEST_PREFIX, names.PATH_PREFIX))
-            and (k.split("_low")[0].split("_high")[0] in names.OBJECTIVES)
-        },
+        "alpha": alpha,
+        "val": val,
         "test": {k.removeprefix(names.TEST_PREFIX): v for k, v in metrics.items() if k.startswith(names.TEST_PREFIX)},
         "config": dataclasses.asdict(config),
     }

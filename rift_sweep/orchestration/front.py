@@ -20,42 +20,47 @@ from rift_sweep.core.data import dataset_info
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.selection import paper_rule, pareto_mask
+from rift_sweep.orchestration.callbacks import is_accuracy
 from rift_sweep.orchestration.resources import worker_shape
 from rift_sweep.orchestration.tracking import SweepTracker, child_runs
 from rift_sweep.procedure.experiment import load_at_model, load_experiment
 from rift_sweep.procedure.finetune_cache import load_finetune
 from rift_sweep.procedure.plots import pareto_chart
+from rift_sweep.procedure.steps import alpha_points, versus_at
 from rift_sweep.procedure.tables import FrontReport, format_front
+
+
+def spec_state(config: SweepConfig, at_state: dict, spec: dict | None) -> dict:
+    """θ_AT (spec None) or θ_AT interpolated towards the cached fine-tune `spec["finetune_key"]` at spec["alpha"]."""
+    if spec is None:
+        return at_state
+    cached = load_finetune(config, spec["finetune_key"])
+    if cached is None:
+        raise InputError(
+            f"the fine-tune {spec['finetune_key']} is not in the cache under {config.output_path}; "
+            f"was the output folder moved or cleaned?"
+        )
+    return interpolate_state(at_state, cached["best_state"], spec["alpha"])
 
 
 @ray.remote
 def _evaluate_task(config: SweepConfig, spec: dict | None, split: str, runs: int) -> dict:
-    """Metrics of θ_AT (spec None) or of a cached fine-tune interpolated at the spec's α."""
     exp = load_experiment(config)
-    state = exp.at_state
-    if spec is not None:
-        cached = load_finetune(config, spec["finetune_key"])
-        if cached is None:
-            raise InputError(
-                f"the fine-tune {spec['finetune_key']} is not in the cache under "
-                f"{config.output_path}; was the output folder moved or cleaned?"
-            )
-        state = interpolate_state(exp.at_state, cached["best_state"], spec["alpha"])
-    return exp.evaluate(state, split, runs=runs)
+    return exp.evaluate(spec_state(config, exp.at_state, spec), split, runs=runs)
 
 
-def evaluate_remote(config: SweepConfig, specs: list[dict | None], split: str) -> list[dict]:
-    """Evaluate each model in its own task, with the trials' resources (a GPU each where there are GPUs)."""
-    shape = worker_shape()
-    runs = config.attack.test_runs if split == "test" else 1
-    task = _evaluate_task.options(num_cpus=shape.num_cpus, num_gpus=shape.num_gpus)
-    return ray.get([task.remote(config, spec, split, runs) for spec in specs])
+@ray.remote
+def _versus_at_task(config: SweepConfig, spec: dict) -> dict:
+    exp = load_experiment(config)
+    return versus_at(exp, spec_state(config, exp.at_state, spec), "test")
 
 
 def at_metrics(tracker: SweepTracker, split: str) -> dict[str, float]:
     """The AT model's metrics on a split, computed once and kept on the parent run."""
+    config = tracker.config
+    runs = config.attack.test_runs if split == "test" else 1
     return tracker.logged_at_metrics(split) or tracker.log_at_metrics(
-        split, evaluate_remote(tracker.config, [None], split)[0]
+        split, ray.get(_evaluate_task.options(**_shape()).remote(config, None, split, runs))
     )
 
 
@@ -72,14 +77,14 @@ def collect_trials(tracker: SweepTracker) -> list[dict]:
                 "epochs": int(params["epochs"]),
                 "alpha": float(params["alpha"]),
                 "finetune_key": run.data.tags.get(names.FINETUNE_KEY_TAG),
-                **{k: v for k, v in metrics.items() if k in names.OBJECTIVES or k.startswith(names.TEST_PREFIX)},
+                **{k: v for k, v in metrics.items() if is_accuracy(k.removeprefix(names.TEST_PREFIX), v)},
             }
         )
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
 def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
-    """Tag the non-dominated trials, evaluate them on test, and log the front on the parent run."""
+    """Tag the non-dominated trials and the recommended model, evaluate them on test, log it all on the parent."""
     trials = collect_trials(tracker)
     if not trials:
         raise InputError(f"sweep {config.name!r} has no finished trial yet; run `rift-sweep sweep` (or --resume) first")
@@ -89,20 +94,26 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
         trial["on_front"] = bool(on_front)
         tracker.client.set_tag(trial["run_id"], names.PARETO_TAG, "true" if on_front else "false")
     at_val = at_metrics(tracker, "val")
-    recommended = paper_rule(trials, at_rob_acc=at_val[names.ROB_ACC], tolerance=config.alpha.tolerance)
-    for trial in trials:
-        trial["recommended"] = trial is recommended
-        tracker.client.set_tag(trial["run_id"], names.RECOMMENDED_TAG, "true" if trial is recommended else "false")
-    reported = [t for t in trials if t["on_front"] or t["recommended"]]
-    untested = [t for t in reported if names.TEST_PREFIX + names.STD_ACC not in t]
+    unique = {t["finetune_key"]: t for t in reversed(trials)}.values()  # one per fine-tune: trials may share one
+    points = alpha_points([{**t, "alpha_path": _cached_path(config, t)} for t in unique])
+    recommended = recommend(config, tracker, points, at_val)
+    untested = [t for t in trials if t["on_front"] and names.TEST_PREFIX + names.STD_ACC not in t]
     at_test = tracker.logged_at_metrics("test")
-    results = evaluate_remote(config, untested + ([None] if at_test is None else []), "test")  # in parallel
+    pending = [_evaluate_task.options(**_shape()).remote(config, t, "test", config.attack.test_runs) for t in untested]
+    if at_test is None:
+        pending.append(_evaluate_task.options(**_shape()).remote(config, None, "test", config.attack.test_runs))
+    if recommended is not None and "test" not in recommended:
+        pending.append(_versus_at_task.options(**_shape()).remote(config, recommended))
+    results = ray.get(pending)  # in parallel
     for trial, metrics in zip(untested, results):
         tested = {names.TEST_PREFIX + k: v for k, v in metrics.items()}
         tracker.log_metrics(trial["run_id"], tested)
         trial.update(tested)
-    at_test = at_test or tracker.log_at_metrics("test", results[-1])
-    if recommended is not None:
+    if at_test is None:
+        at_test = tracker.log_at_metrics("test", results[len(untested)])
+    if recommended is not None and "test" not in recommended:
+        recommended["test"] = results[-1]
+        tracker.log_metrics(tracker.parent_run_id, _recommended_metrics(recommended))
         tracker.log_model(recommended["run_id"], trial_model(config, recommended))
     report = FrontReport(
         trials,
@@ -111,10 +122,76 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
         objectives,
         tracker.client.get_run(tracker.parent_run_id).info.artifact_uri,
         tracker.ui_hint(),
+        points=points,
+        recommended=recommended,
+        tolerance=config.alpha.tolerance,
     )
     _log_front_artifacts(config, tracker, report)
     tracker.client.set_tag(tracker.parent_run_id, names.FRONT_SIZE_TAG, str(len(report.front)))
     return report
+
+
+def recommend(config: SweepConfig, tracker: SweepTracker, points: list[dict], at_val: dict) -> dict | None:
+    """The paper's rule over every α point the sweep evaluated (validation): the largest std_acc with rob_acc
+    ≥ AT − alpha.tolerance. The paper's own procedure is among the points (search.start_from_paper), so the
+    recommendation is never worse than it on validation. Tagged on its trial's run (with its α); its test
+    metrics, once computed, are kept on the parent run."""
+    chosen = paper_rule(points, at_rob_acc=at_val[names.ROB_ACC], tolerance=config.alpha.tolerance)
+    if chosen is None or chosen["alpha"] == 0.0:  # α = 0 is the AT model itself: nothing to recommend over it
+        chosen = None
+    for run_id in {p["run_id"] for p in points}:
+        mine = chosen is not None and run_id == chosen["run_id"]
+        tracker.client.set_tag(run_id, names.RECOMMENDED_TAG, "true" if mine else "false")
+    if chosen is None:
+        return None
+    chosen = dict(chosen)
+    tracker.client.set_tag(chosen["run_id"], names.RECOMMENDED_ALPHA_TAG, str(chosen["alpha"]))
+    logged = tracker.client.get_run(tracker.parent_run_id).data.metrics
+    prefix = names.RECOMMENDED_PREFIX
+    if logged.get(prefix + "alpha") == chosen["alpha"] and prefix + "test_std_acc" in logged:  # a re-run of report
+        chosen["test"] = _unflatten({k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)})
+    return chosen
+
+
+def _recommended_metrics(recommended: dict) -> dict[str, float]:
+    test = recommended["test"]
+    val = {
+        f"val_{k}": v
+        for k, v in recommended.items()
+        if isinstance(v, (int, float)) and k.removesuffix("_low").removesuffix("_high") in names.OBJECTIVES
+    }
+    flat = {
+        "alpha": recommended["alpha"],
+        **val,
+        "test_p_std": test["p_std"],
+        "test_p_rob": test["p_rob"],
+        **{f"test_{k}": v for k, v in test["model"].items()},
+        **{f"test_at_{k}": v for k, v in test["at"].items()},
+    }
+    return {names.RECOMMENDED_PREFIX + k: v for k, v in flat.items()}
+
+
+def _unflatten(flat: dict) -> dict:
+    return {
+        "p_std": flat["test_p_std"],
+        "p_rob": flat["test_p_rob"],
+        "model": {
+            k.removeprefix("test_"): v
+            for k, v in flat.items()
+            if k.startswith("test_") and not k.startswith(("test_at_", "test_p_"))
+        },
+        "at": {k.removeprefix("test_at_"): v for k, v in flat.items() if k.startswith("test_at_")},
+    }
+
+
+def _cached_path(config: SweepConfig, trial: dict) -> list[dict]:
+    cached = load_finetune(config, trial["finetune_key"]) if trial.get("finetune_key") else None
+    return (cached or {}).get("alpha_path", [])
+
+
+def _shape() -> dict:
+    shape = worker_shape()
+    return {"num_cpus": shape.num_cpus, "num_gpus": shape.num_gpus}
 
 
 def trial_model(config: SweepConfig, trial: dict) -> torch.nn.Module:
@@ -134,43 +211,28 @@ def trial_model(config: SweepConfig, trial: dict) -> torch.nn.Module:
 def _log_front_artifacts(config: SweepConfig, tracker: SweepTracker, report: FrontReport) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        points = [(t[names.STD_ACC], t[names.ROB_ACC]) for t in report.trials]
-        at = (report.at_val[names.STD_ACC], report.at_val[names.ROB_ACC])
-        pareto_chart(points, [t["on_front"] for t in report.trials], at, folder / "pareto.png")
+        pareto_chart(report, folder / "pareto.png")
         (folder / "front.md").write_text(format_front(report) + "\n")
-        pq.write_table(pa.Table.from_pylist(_trial_table(config, report.trials)), folder / "trials.parquet")
+        pq.write_table(pa.Table.from_pylist(_trial_table(report)), folder / "trials.parquet")
         for name in ("pareto.png", "front.md", "trials.parquet"):
             tracker.client.log_artifact(tracker.parent_run_id, str(folder / name))
 
 
-_COLUMNS = (
-    "trial_id",
-    "run_id",
-    "module",
-    "lr",
-    "epochs",
-    "alpha",
-    *names.OBJECTIVES,
-    "on_front",
-    *(names.TEST_PREFIX + o for o in names.OBJECTIVES),
-    "finetune_key",
-)
+_ACCURACIES = tuple(f"{o}{s}" for o in names.OBJECTIVES for s in ("", *names.INTERVAL_SUFFIXES))
+_TRIAL = ("trial_id", "run_id", "module", "lr", "epochs", "finetune_key")
+_COLUMNS = (*_TRIAL, "alpha", *_ACCURACIES, "on_front", *(names.TEST_PREFIX + a for a in _ACCURACIES))
 
 
-def _trial_table(config: SweepConfig, trials: list[dict]) -> list[dict]:
-    """Every trial, and every α point its fine-tune evaluated (kind 'alpha_path'), as flat rows."""
-    rows = []
-    for trial in trials:
-        rows.append({"kind": "trial", **{k: trial.get(k) for k in _COLUMNS}})
-        cached = load_finetune(config, trial["finetune_key"]) if trial.get("finetune_key") else None
-        for point in (cached or {}).get("alpha_path", []):
-            rows.append(
-                {
-                    "kind": "alpha_path",
-                    **{k: trial.get(k) for k in ("trial_id", "run_id", "module", "lr", "epochs")},
-                    **{k: point.get(k) for k in ("alpha", *names.OBJECTIVES)},
-                }
-            )
+def _trial_table(report: FrontReport) -> list[dict]:
+    """Every trial (kind 'trial'), and every α point its fine-tune evaluated (kind 'alpha_path'; the recommended
+    one marked), as flat rows with 95 % Wilson bounds beside each accuracy."""
+    rows = [{"kind": "trial", **{k: t.get(k) for k in _COLUMNS}, "recommended": False} for t in report.trials]
+    best = report.recommended
+    for point in report.points:
+        mine = best is not None and point["run_id"] == best["run_id"] and point["alpha"] == best["alpha"]
+        rows.append(
+            {"kind": "alpha_path", **{k: point.get(k) for k in (*_TRIAL, "alpha", *_ACCURACIES)}, "recommended": mine}
+        )
     return rows
 
 

@@ -19,7 +19,7 @@ from rift_sweep.core.errors import InputError
 from rift_sweep.orchestration.front import publish_front
 from rift_sweep.orchestration.mrc_pool import MRCStage, run_mrc_stage
 from rift_sweep.orchestration.preflight import check_ray_address, check_sweep
-from rift_sweep.orchestration.resources import gpus_requested, init_ray
+from rift_sweep.orchestration.resources import gpus_requested, init_ray, quiet_dependencies
 from rift_sweep.orchestration.sweep import SweepOutcome, run_sweep
 from rift_sweep.orchestration.tracking import SweepTracker, user_code_file
 from rift_sweep.procedure.steps import choose_modules
@@ -42,19 +42,21 @@ def launch_sweep(
     address: str | None = None,
     gpus: int | None = None,
     progress: bool = True,
+    verbose: bool = False,
 ) -> SweepResult:
     """`num_samples`: the --num-samples the user gave (already in `config`); on --resume it may only grow."""
     folder, exp = check_sweep(config, resume=resume, address=address, gpus=gpus)
     if folder.exists:
         config = _resumable(folder.config, config, num_samples)
-    init_ray(address, user_code_env(config))
+    quiet_dependencies(verbose)
+    init_ray(address, user_code_env(config), verbose=verbose)
     save_resolved_config(config)
     tracker = SweepTracker(config)
     tracker.client.update_run(tracker.parent_run_id, "RUNNING")
     status = "FAILED"
     try:
         with gpus_requested(gpus), _sigterm_as_interrupt():
-            outcome = run_sweep(config, tracker, workers=workers, progress=progress, exp=exp)
+            outcome = run_sweep(config, tracker, workers=workers, progress=progress, verbose=verbose, exp=exp)
             report = publish_front(config, tracker) if outcome.complete else None
         status = "FINISHED" if report is not None else "KILLED"
         return SweepResult(config, outcome, report)

@@ -32,18 +32,37 @@ class WorkerShape:
         return f"{self.count} worker(s) x {kind}"
 
 
-def init_ray(address: str | None = None, runtime_env: dict | None = None) -> None:
+def quiet_dependencies(verbose: bool) -> None:
+    """Unless --verbose, our dependencies keep their notices to themselves: MLflow's and Optuna's INFO lines, Ray's
+    start-up line, Tune's new-style status boxes (the legacy reporter honours verbose=0) and its TensorBoard logger's
+    complaint about the α path (a list, not a scalar)."""
+    if verbose:
+        return
+    import optuna
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name, level in (
+        ("mlflow", logging.WARNING),
+        ("ray", logging.WARNING),
+        ("ray.tune.logger.tensorboardx", logging.ERROR),
+    ):
+        logging.getLogger(name).setLevel(level)
+
+
+def init_ray(address: str | None = None, runtime_env: dict | None = None, *, verbose: bool = True) -> None:
     """Join a running cluster (`address`, or RAY_ADDRESS / "auto") or start a local Ray.
 
     `address=None` joins the cluster named by RAY_ADDRESS when set, otherwise starts a local instance.
     """
     if ray.is_initialized():
         return
+    level = logging.INFO if verbose else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env, logging_level=level)
+    else:  # workers' logs (Tune's checkpoint notices, tqdm of each trial) reach the terminal only with --verbose
+        ray.init(include_dashboard=False, log_to_driver=verbose, runtime_env=runtime_env, logging_level=level)
     log.info("Ray resources: %s", ray.cluster_resources())
 
 

@@ -2,9 +2,10 @@
 
 A trial fine-tunes the chosen module at (lr, epochs) — or takes that fine-tune from the cache — evaluates the
 whole α path on validation, and reports the point at its own α. The rest of the path reaches the Optuna study
-as already-evaluated points, so exploring α costs evaluation only. Tune checkpoints every fine-tuning epoch,
-and after every α point, so a crashed trial resumes where it stopped (FailureConfig) and its result still
-reaches Optuna. α = 0 is the AT model: its validation metrics are measured once per sweep and reused.
+as already-evaluated points, so exploring α costs evaluation only. Tune checkpoints every fine-tuning epoch, and
+the α path's progress is kept in the fine-tune cache after every point, so a crashed or killed trial resumes
+where it stopped (FailureConfig, --resume) and its result still reaches Optuna. α = 0 is the AT model: its
+validation metrics are measured once per sweep and reused.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from rift_sweep.config import SweepConfig
 from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState
 from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.procedure.experiment import Experiment, load_experiment
-from rift_sweep.procedure.finetune_cache import finetune_key, load_finetune, save_finetune
+from rift_sweep.procedure.finetune_cache import (
+    finetune_key,
+    load_finetune,
+    load_partial,
+    partial_path,
+    save_finetune,
+    save_partial,
+)
 from rift_sweep.procedure.steps import alpha_by_rule, alpha_path, finetune
 
 CHECKPOINT_FILE = "trial_state.pt"
@@ -52,7 +60,23 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     search = config.search
     if search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=max(4, min(50, search.num_samples)))
+    if search.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=search.seed)
     return optuna.samplers.TPESampler(seed=search.seed, constant_liar=True)
+
+
+PAPER_ALPHA = 0.8  # the paper's ablation puts α* in 0.6–0.9; the trial evaluates its whole α path anyway
+
+
+def paper_point(config: SweepConfig, modules: list[str]) -> dict:
+    """The paper's procedure as the first trial: its lr and epochs on the lowest-MRC module. Tune wants a value for
+    every searched parameter; α is the one the trial reports, while its whole α path (the rule's α included)
+    reaches the study."""
+    space = config.search.space
+    point = {"lr": config.finetune.lr, "epochs": config.finetune.epochs, "module": modules[0]}
+    if "alpha" in space:
+        point["alpha"] = min(max(PAPER_ALPHA, space["alpha"].low), space["alpha"].high)
+    return {k: v for k, v in point.items() if k in space or (k == "module" and len(modules) > 1)}
 
 
 class MultiObjectiveOptunaSearch(OptunaSearch):
@@ -88,11 +112,13 @@ def make_searcher(
 ) -> MultiObjectiveOptunaSearch:
     """The searcher; `history` (an earlier study of this sweep) is copied in, so an extension starts informed."""
     objectives = list(config.search.objectives)
+    first = [paper_point(config, modules)] if config.search.start_from_paper and history is None else None
     searcher = MultiObjectiveOptunaSearch(
         space=search_space(config, modules),
         metric=objectives,
         mode=["max"] * len(objectives),
         sampler=make_sampler(config),
+        points_to_evaluate=first,
     )
     for trial in history.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if history else ():
         searcher.add_evaluated_point(trial.params, list(trial.values))
@@ -122,8 +148,9 @@ def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val:
     cached = load_finetune(config, key)
     reused = cached is not None
     if cached is None:
-        cached = _finetune_and_evaluate(exp, module, settings, at_val)
+        cached = _finetune_and_evaluate(exp, key, module, settings, at_val)
         save_finetune(config, key, cached)
+        partial_path(config, key).unlink(missing_ok=True)
     path = cached["alpha_path"]
     if alpha is None:  # α not searched: the paper's rule picks it from the validation path
         alpha = alpha_by_rule(path, at_val, config.alpha.tolerance)
@@ -152,37 +179,30 @@ def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val:
     )
 
 
-def _finetune_and_evaluate(exp: Experiment, module: str, settings: FinetuneSettings, at_val: dict) -> dict:
-    """Fine-tune, then the α path, with a Tune checkpoint after every epoch and every α point: a retried or
-    resumed trial carries on where it stopped instead of starting again."""
-    saved = _restore_state()
-    state = FinetuneState(**saved["finetune"]) if saved else None
-    done = {row["alpha"]: row for row in (saved or {}).get("path", [])}
-    known = {**({0.0: at_val} if 0.0 in exp.config.alpha.grid else {}), **done}
-
-    def report_epoch(current: FinetuneState) -> None:
-        _checkpoint(
-            {"finetune": dataclasses.asdict(current), "path": []},
-            {"epoch": current.epochs_done, "ft_val_acc": current.val_acc[-1]},
-        )
-
-    if state is not None and state.epochs_done == settings.epochs:  # killed during the α path: keep the fine-tune
+def _finetune_and_evaluate(exp: Experiment, key: str, module: str, settings: FinetuneSettings, at_val: dict) -> dict:
+    """Fine-tune (a Tune checkpoint after every epoch), then the α path (progress in the fine-tune cache after every
+    point): a retried or resumed trial carries on where it stopped instead of starting again."""
+    config = exp.config
+    partial = load_partial(config, key)
+    if partial is not None:  # killed during the α path: the fine-tune and the points done are kept
+        state = FinetuneState(**partial["finetune"])
         result = FinetuneResult(state.best_state, state.best_epoch, list(state.val_acc), 0.0)
     else:
-        result = finetune(exp, module, settings, resume=state, on_epoch=report_epoch)
-    trained = dataclasses.asdict(
-        FinetuneState(settings.epochs, None, None, result.val_acc, result.best_epoch, result.best_state)
-    )
-
+        result = finetune(exp, module, settings, resume=_restore_state(), on_epoch=_report_epoch)
+        state = FinetuneState(settings.epochs, None, None, result.val_acc, result.best_epoch, result.best_state)
+    done = {row["alpha"]: row for row in (partial or {}).get("path", [])}
+    save_partial(config, key, {"finetune": dataclasses.asdict(state), "path": list(done.values())})
     evaluated = []
 
     def report_point(row: dict) -> None:
         done[row["alpha"]] = row
         evaluated.append(row["alpha"])
-        _checkpoint({"finetune": trained, "path": list(done.values())}, {"alpha_points_done": len(done)})
+        save_partial(config, key, {"finetune": dataclasses.asdict(state), "path": list(done.values())})
+        tune.report({"alpha_points_done": len(done), "pid": os.getpid()})
 
     eval_start = time.perf_counter()
-    path = alpha_path(exp, result.best_state, exp.config.alpha.grid, progress=False, known=known, on_point=report_point)
+    known = {**({0.0: at_val} if 0.0 in config.alpha.grid else {}), **done}
+    path = alpha_path(exp, result.best_state, config.alpha.grid, progress=False, known=known, on_point=report_point)
     return {
         "alpha_points_evaluated": len(evaluated),
         "best_state": result.best_state,
@@ -195,18 +215,19 @@ def _finetune_and_evaluate(exp: Experiment, module: str, settings: FinetuneSetti
     }
 
 
-def _checkpoint(state: dict, metrics: dict) -> None:
+def _report_epoch(state: FinetuneState) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / CHECKPOINT_FILE)
-        tune.report({**metrics, "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(folder))
+        torch.save(dataclasses.asdict(state), Path(folder) / CHECKPOINT_FILE)
+        metrics = {"epoch": state.epochs_done, "ft_val_acc": state.val_acc[-1], "pid": os.getpid()}
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _restore_state() -> dict | None:
+def _restore_state() -> FinetuneState | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return FinetuneState(**torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True))
 
 
 # --- the driver -----------------------------------------------------------------------------------------
@@ -233,7 +254,13 @@ def tune_paths(config: SweepConfig) -> list[Path]:
 
 
 def run_sweep(
-    config: SweepConfig, tracker, *, workers: int | None = None, progress: bool = True, exp: Experiment | None = None
+    config: SweepConfig,
+    tracker,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+    exp: Experiment | None = None,
 ) -> SweepOutcome:
     """Stage 1 (or its cache), then the Tune + Optuna search until `search.num_samples` trials have finished;
     Ray must be initialised. Carries on whatever an earlier call left: stage 1 from its cache, an interrupted
@@ -284,7 +311,9 @@ def run_sweep(
         _segment_file(path).parent.mkdir(parents=True, exist_ok=True)
         _segment_file(path).write_text(json.dumps({"num_samples": size}))
         previous = _searcher_study(paths[-1]) if paths else None
-        _new_tuner(config, trainable, modules, path, size, shape.count, tracker, previous, progress).fit()
+        _new_tuner(
+            config, trainable, modules, path, size, shape.count, tracker, previous, progress, finished, verbose
+        ).fit()
         finished = finished_trials(tracker)
     return SweepOutcome(finished, config.search.num_samples, modules, time.perf_counter() - start)
 
@@ -307,12 +336,27 @@ def _stopped_early(grid, path: Path) -> bool:
     return grid.num_terminated + grid.num_errors < size
 
 
-def _new_tuner(config, trainable, modules, path: Path, num_samples: int, slots: int, tracker, previous, progress):
+def _new_tuner(
+    config,
+    trainable,
+    modules,
+    path: Path,
+    num_samples: int,
+    slots: int,
+    tracker,
+    previous,
+    progress,
+    finished: int,
+    verbose: bool,
+):
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
-    from rift_sweep.orchestration.callbacks import MLflowTrialCallback
+    from rift_sweep.orchestration.callbacks import MLflowTrialCallback, ProgressCallback
 
     searcher = make_searcher(config, modules, history=previous)
+    callbacks = [MLflowTrialCallback(tracker.uri, tracker.experiment_id, tracker.parent_run_id, config.seed)]
+    if progress:
+        callbacks.append(ProgressCallback(config.search.num_samples, finished))
     return Tuner(
         trainable,
         tune_config=TuneConfig(
@@ -321,12 +365,12 @@ def _new_tuner(config, trainable, modules, path: Path, num_samples: int, slots: 
         run_config=RunConfig(
             name=path.name,
             storage_path=str(path.parent),
-            verbose=1 if progress else 0,
+            verbose=1 if verbose else 0,  # Tune's status tables: only with --verbose
             failure_config=FailureConfig(max_failures=2),
             # Three, not one: a hard kill between a new checkpoint and Tune's next experiment snapshot leaves
             # the snapshot naming the previous checkpoint, which must still exist for the resume.
             checkpoint_config=CheckpointConfig(num_to_keep=3),
-            callbacks=[MLflowTrialCallback(tracker.uri, tracker.experiment_id, tracker.parent_run_id, config.seed)],
+            callbacks=callbacks,
         ),
     )
 

@@ -22,7 +22,7 @@ from rift_sweep.core.corruptions import OODSet, load_ood
 from rift_sweep.core.custom import build_custom, check_logits, normalization_of
 from rift_sweep.core.data import DatasetInfo, DataSplits, Split, dataset_info, load_splits, tiny_imagenet_wnids
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.evaluate import accuracy, evaluate
+from rift_sweep.core.evaluate import accuracy, evaluate, evaluate_examples
 from rift_sweep.core.files import file_sha256
 from rift_sweep.core.models import StateDict, build_model, cpu_copy, load_weights, read_checkpoint_meta
 from rift_sweep.core.mrc import CANDIDATE_TYPES, candidate_modules, executed_modules
@@ -146,6 +146,20 @@ class Experiment:
             progress=True,
         )
         return full.subset(ood.per_corruption, seed=self.config.seed)
+
+    def examples(self, state: StateDict, split_name: str = "test", *, runs: int = 1) -> dict:
+        """Per-example correctness of `state` ("clean", "robust": bool arrays in the split's order), for paired tests."""
+        config = self.config
+        return evaluate_examples(
+            self.load_state(state),
+            getattr(self.splits, split_name),
+            pgd=config.attack,
+            runs=runs,
+            batch_size=config.eval_batch_size,
+            device=self.device,
+            seed=config.seed,
+            amp=config.attack.amp,
+        )
 
     def evaluate(self, state: StateDict, split_name: str = "val", *, runs: int = 1) -> dict[str, float]:
         """std_acc, rob_acc and ood_acc (+ per corruption) of `state` on the val or test split.

@@ -1,5 +1,9 @@
 """Fine-tunes cached under a key of everything they (and their α path) depend on: a trial that asks for a
-fine-tune already made reuses it, and the front and `export` read the weights back from here."""
+fine-tune already made reuses it, and the front and `export` read the weights back from here.
+
+While a fine-tune's α path is being evaluated, its progress is kept beside it (`<key>.partial.pt`: the fine-tuned
+weights and the α points done), so a trial killed mid-path carries on from its last point, whenever the kill came.
+"""
 
 from __future__ import annotations
 
@@ -43,3 +47,18 @@ def load_finetune(config: SweepConfig, key: str) -> dict | None:
 def save_finetune(config: SweepConfig, key: str, entry: dict) -> None:
     with atomic_write(finetune_path(config, key)) as tmp:
         torch.save(entry, tmp)
+
+
+def partial_path(config: SweepConfig, key: str) -> Path:
+    return cache_dir(config, "finetune") / f"{key}.partial.pt"
+
+
+def load_partial(config: SweepConfig, key: str) -> dict | None:
+    """{finetune: FinetuneState fields, path: [α rows done]} of an unfinished α path, or None."""
+    path = partial_path(config, key)
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def save_partial(config: SweepConfig, key: str, progress: dict) -> None:
+    with atomic_write(partial_path(config, key)) as tmp:
+        torch.save(progress, tmp)

@@ -28,36 +28,71 @@ def mrc_bar_chart(rows: Sequence[dict], chosen: Sequence[str], path: Path) -> Pa
     return path
 
 
-def pareto_chart(
-    points: Sequence[tuple[float, float]],
-    on_front: Sequence[bool],
-    at_point: tuple[float, float] | None,
-    path: Path,
-    *,
-    title: str = "validation accuracy of every trial",
-) -> Path:
-    """Every trial as (std_acc, rob_acc), the non-dominated ones joined, the AT model marked."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color="tab:gray", alpha=0.6, label="trials")
-    front = sorted(p for p, keep in zip(points, on_front) if keep)
+def pareto_chart(report, path: Path) -> Path:
+    """Validation (std_acc, rob_acc) of every α point of every fine-tune (small dots), each trial's own point, the
+    trials' front, the AT model with the rule's tolerance line, and the recommended model; Wilson 95 % error bars
+    on the front, the AT model and the recommended model."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    points = report.points
+    ax.scatter(
+        [p["std_acc"] for p in points],
+        [p["rob_acc"] for p in points],
+        s=8,
+        color="tab:gray",
+        alpha=0.4,
+        label=f"α points ({len(points)})",
+    )
+    trials = report.trials
+    ax.scatter(
+        [t["std_acc"] for t in trials],
+        [t["rob_acc"] for t in trials],
+        s=22,
+        color="tab:blue",
+        alpha=0.7,
+        label=f"trials ({len(trials)})",
+    )
+    front = sorted(report.front, key=lambda t: t["std_acc"])
     if front:
         # A staircase: between two front points only the lower one's robustness is attained.
         ax.plot(
-            [p[0] for p in front],
-            [p[1] for p in front],
-            "o-",
+            [t["std_acc"] for t in front],
+            [t["rob_acc"] for t in front],
+            "-",
             drawstyle="steps-pre",
             color="tab:red",
-            label="Pareto front",
+            label="Pareto front of the trials",
         )
-    if at_point is not None:
-        ax.scatter([at_point[0]], [at_point[1]], marker="*", s=180, color="black", label="AT model", zorder=3)
-    ax.set_xlabel("standard accuracy (%)")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(title)
+        _error_bars(ax, front, "tab:red", "o")
+    at = report.at_val
+    _error_bars(ax, [at], "black", "*", size=14, label="AT model")
+    ax.axhline(
+        at["rob_acc"] - report.tolerance,
+        color="black",
+        lw=0.8,
+        ls="--",
+        label=f"AT rob − {report.tolerance} (the rule's floor)",
+    )
+    if report.recommended is not None:
+        _error_bars(ax, [report.recommended], "tab:green", "D", size=9, label="recommended")
+    ax.set_xlabel("standard accuracy on validation (%)")
+    ax.set_ylabel("robust accuracy on validation (%)")
+    ax.set_title("RiFT sweep: every evaluated model (Wilson 95 % error bars)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _error_bars(ax, rows, color, marker, size=6, label=None) -> None:
+    def half(row, key):  # (below, above) the estimate; 0 where no interval is known
+        return (row[key] - row.get(f"{key}_low", row[key]), row.get(f"{key}_high", row[key]) - row[key])
+
+    x = [r["std_acc"] for r in rows]
+    y = [r["rob_acc"] for r in rows]
+    xerr = list(zip(*[half(r, "std_acc") for r in rows]))
+    yerr = list(zip(*[half(r, "rob_acc") for r in rows]))
+    ax.errorbar(
+        x, y, xerr=xerr, yerr=yerr, fmt=marker, color=color, markersize=size, capsize=2, lw=0.8, label=label, zorder=3
+    )

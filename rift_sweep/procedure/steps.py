@@ -14,6 +14,8 @@ from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.models import StateDict
 from rift_sweep.core.mrc import MRCResult, module_robust_criticality
 from rift_sweep.core.selection import paper_rule
+from rift_sweep.core.statistics import mcnemar, wilson_interval
+from rift_sweep.names import ROB_ACC, STD_ACC
 from rift_sweep.procedure.experiment import Experiment
 
 
@@ -94,3 +96,33 @@ def alpha_by_rule(path: Sequence[Mapping[str, float]], at_val: Mapping[str, floa
     """The paper's α: the largest val std_acc with rob_acc ≥ AT − tolerance; 0 (the AT model) when none qualifies."""
     chosen = paper_rule(path, at_rob_acc=at_val["rob_acc"], tolerance=tolerance)
     return float(chosen["alpha"]) if chosen else 0.0
+
+
+def versus_at(exp: Experiment, state: StateDict, split: str = "test") -> dict:
+    """`state` against the AT model on the same images: each one's accuracies with Wilson 95 % intervals, and
+    exact McNemar p-values (clean and robust) on the examples where the two disagree."""
+    runs = exp.config.attack.test_runs if split == "test" else 1
+    at, model = exp.examples(exp.at_state, split, runs=runs), exp.examples(state, split, runs=runs)
+    return {
+        "model": summarize(model),
+        "at": summarize(at),
+        "p_std": mcnemar(at["clean"], model["clean"])[2],
+        "p_rob": mcnemar(at["robust"], model["robust"])[2],
+    }
+
+
+def summarize(examples: dict) -> dict[str, float]:
+    """std_acc / rob_acc (%) with Wilson 95 % bounds, from per-example correctness."""
+    out = {}
+    for key, name in (("clean", STD_ACC), ("robust", ROB_ACC)):
+        correct, total = int(examples[key].sum()), len(examples[key])
+        low, high = wilson_interval(correct, total)
+        out.update({name: 100.0 * correct / total, f"{name}_low": low, f"{name}_high": high})
+    return out
+
+
+def alpha_points(finetunes: Sequence[Mapping]) -> list[dict]:
+    """Every α point of every fine-tune, as candidate models: (the fine-tune's fields..., alpha, metrics)."""
+    return [
+        {**{k: v for k, v in ft.items() if k != "alpha_path"}, **row} for ft in finetunes for row in ft["alpha_path"]
+    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rift_sweep.names import OOD_ACC, ROB_ACC, STD_ACC, TEST_PREFIX
 from rift_sweep.procedure.paper import RiftReport
@@ -12,17 +12,15 @@ from rift_sweep.procedure.paper import RiftReport
 
 @dataclass
 class FrontReport:
-    trials: list[dict]  # every finished trial, with an "on_front" flag
+    trials: list[dict]  # every finished trial (its own α point), with an "on_front" flag
     at_val: dict[str, float]
     at_test: dict[str, float]
     objectives: tuple[str, ...]
     artifact_uri: str
     ui_hint: str
-
-    @property
-    def recommended(self) -> dict | None:
-        """The paper's rule applied to the trials (validation), or None: no trial keeps robustness."""
-        return next((t for t in self.trials if t.get("recommended")), None)
+    points: list[dict] = field(default_factory=list)  # every α point of every fine-tune (validation)
+    recommended: dict | None = None  # the paper's rule over `points`, with "test": versus_at's result
+    tolerance: float = 0.1
 
     @property
     def front(self) -> list[dict]:
@@ -80,36 +78,67 @@ def format_report(report: RiftReport) -> str:
 
 
 def format_front(report: FrontReport) -> str:
-    """The front as a table: validation (selection) and test (report) metrics, the AT model for reference."""
+    """The recommended model first (validation and test, 95 % intervals, McNemar vs the AT model), then the
+    front of the trials: validation (selection) and test (report) metrics, the AT model for reference."""
 
     def accs(row: dict, prefix: str = "") -> str:
-        return "".join(f"{_acc(row, prefix + k):>8}" for k in (STD_ACC, ROB_ACC, OOD_ACC))
+        return (
+            "".join(f"{_acc(row, prefix + k, interval=True):>15}" for k in (STD_ACC, ROB_ACC))
+            + f"{_acc(row, prefix + OOD_ACC):>7}"
+        )
 
     header = (
-        f"{'trial':<14}{'module':<18}{'lr':>9}{'ep':>4}{'alpha':>7} |{'val std':>8}{'rob':>8}{'ood':>8} |"
-        f"{'test std':>8}{'rob':>8}{'ood':>8}"
+        f"{'trial':<14}{'lr':>9}{'ep':>4}{'alpha':>6} |{'val std':>15}{'rob':>15}{'ood':>7} |"
+        f"{'test std':>15}{'rob':>15}{'ood':>7}"
     )
-    best = report.recommended
     lines = [
-        f"Recommended (the paper's rule on validation): trial {best['trial_id']}, lr {best['lr']:.2e}, "
-        f"{best['epochs']} epochs, α {best['alpha']:.2f}"
-        if best
-        else "Recommended: the AT model (no trial keeps validation robustness within the tolerance)",
+        *format_recommended(report),
         "",
-        f"Pareto front over {', '.join(report.objectives)} (validation); {len(report.front)} of "
-        f"{len(report.trials)} trials",
+        f"Pareto front over {', '.join(report.objectives)} (validation; ± half the Wilson 95 % interval); "
+        f"{len(report.front)} of {len(report.trials)} trials",
         header,
         "-" * len(header),
     ]
-    for t in sorted({id(t): t for t in [*([best] if best else []), *report.front]}.values(), key=lambda t: -t[STD_ACC]):
-        mark = "  <- recommended" if t is best else ""
+    for t in report.front:
         lines.append(
-            f"{t['trial_id']:<14}{t['module']:<18}{t['lr']:>9.2e}{t['epochs']:>4}{t['alpha']:>7.2f} |"
-            f"{accs(t)} |{accs(t, TEST_PREFIX)}{mark}"
+            f"{t['trial_id']:<14}{t['lr']:>9.2e}{t['epochs']:>4}{t['alpha']:>6.2f} |{accs(t)} |{accs(t, TEST_PREFIX)}"
         )
-    lines.append(f"{'AT model':<52} |{accs(report.at_val)} |{accs(report.at_test)}")
+    lines.append(f"{'AT model':<33} |{accs(report.at_val)} |{accs(report.at_test)}")
     return "\n".join(lines)
 
 
-def _acc(row: dict, key: str) -> str:
-    return f"{row[key]:.2f}" if key in row else "-"
+def format_recommended(report: FrontReport) -> list[str]:
+    best = report.recommended
+    if best is None:
+        return [
+            "Recommended: the AT model itself — no fine-tuned point keeps validation robust accuracy within "
+            f"{report.tolerance} points of it"
+        ]
+    test = best.get("test")
+    lines = [
+        f"Recommended (the paper's rule over all {len(report.points)} α points, on validation): trial "
+        f"{best['trial_id']} ({best['module']}), lr {best['lr']:.2e}, {best['epochs']} epochs, α {best['alpha']:.2f}",
+        f"  validation  std {_acc(best, STD_ACC, interval=True)}  rob {_acc(best, ROB_ACC, interval=True)}"
+        f"   AT: std {_acc(report.at_val, STD_ACC, interval=True)}  rob {_acc(report.at_val, ROB_ACC, interval=True)}",
+    ]
+    if test:
+        model, at = test["model"], test["at"]
+        lines += [
+            f"  test        std {_range(model, STD_ACC)}  rob {_range(model, ROB_ACC)}   "
+            f"AT: std {_range(at, STD_ACC)}  rob {_range(at, ROB_ACC)}",
+            f"  vs AT on the same test images (exact McNemar): std {model[STD_ACC] - at[STD_ACC]:+.2f} points, "
+            f"p = {test['p_std']:.3g}; rob {model[ROB_ACC] - at[ROB_ACC]:+.2f} points, p = {test['p_rob']:.3g}",
+        ]
+    return lines
+
+
+def _range(row: dict, key: str) -> str:
+    return f"{row[key]:.2f} [{row[key + '_low']:.2f}, {row[key + '_high']:.2f}]"
+
+
+def _acc(row: dict, key: str, *, interval: bool = False) -> str:
+    if key not in row:
+        return "-"
+    if interval and f"{key}_low" in row:
+        return f"{row[key]:.2f}±{(row[key + '_high'] - row[key + '_low']) / 2:.2f}"
+    return f"{row[key]:.2f}"
