@@ -24,7 +24,7 @@ def at_prefix(split: str) -> str:
 
 # MLflow tags.
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
-SWEEP_TAG = "rift_sweep.orchestration.sweep"  # marks a sweep's parent run: its name ...
+SWEEP_TAG = "rift_sweep.sweep"  # marks a sweep's parent run: its name ...
 OUTPUT_TAG = "rift_sweep.output"  # ... and its output folder (two sweeps may share a name on one server)
 TRIAL_TAG = "rift_sweep.trial_id"
 PID_TAG = "rift.pid"

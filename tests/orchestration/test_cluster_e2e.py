@@ -33,6 +33,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from rift_sweep.names import SWEEP_TAG
+
 from conftest import wait_for, write_digits_config
 from helpers import SSHD, missing
 
@@ -318,7 +320,7 @@ def test_ray_up_submit_down_on_this_machine(ssh_head, tmp_path, digits_checkpoin
 
     client = MlflowClient(f"sqlite:///{ssh_head.home / 'mlflow' / 'mlflow.db'}")  # the head's MLflow store
     [experiment] = [e for e in client.search_experiments() if e.name == "rift-digits-small_cnn"]
-    [parent] = client.search_runs([experiment.experiment_id], "tags.`rift_sweep.orchestration.sweep` = 'cluster-e2e'")
+    [parent] = client.search_runs([experiment.experiment_id], f"tags.`{SWEEP_TAG}` = 'cluster-e2e'")
     assert parent.info.status == "FINISHED"
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
