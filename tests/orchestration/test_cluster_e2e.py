@@ -40,7 +40,7 @@ from helpers import SSHD, missing
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 SPACE = {
     "lr": {"low": 0.001, "high": 0.1, "log": True},
