@@ -38,7 +38,7 @@ def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, tmp_path, digit
     assert (worker_shape().count, worker_shape().num_gpus) == (2, 1)  # trials go to the GPU nodes
     search = {"space": SPACE, "num_samples": NUM_SAMPLES, "max_concurrent": 2}
     # Small batches: a second or two per fine-tuning epoch, time to lose a node mid-trial.
-    path = write_digits_config(tmp_path, digits_checkpoint, search=search, finetune={"batch_size": 4})
+    path = write_digits_config(tmp_path, digits_checkpoint, search=search, finetune={"batch_size": 4, "epochs": 3})
     config = load_config(path)
     box = {}
     thread = threading.Thread(target=lambda: box.update(code=cli.main(["sweep", "--config", str(path)])))
