@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +24,7 @@ from rift_sweep.procedure.experiment import Experiment, check_module_choice, loa
 
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 CONNECT_TIMEOUT_S = 3.0
+SERVER_WAIT_S = 10.0  # a server just started (ray up, then ray submit) answers within this
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ def check_output_folder(config: SweepConfig, *, resume: bool) -> FolderState:
 
 
 def check_tracking(config: SweepConfig) -> None:
-    """The scheme is one MLflow knows, and a server answers within a few seconds."""
+    """The scheme is one MLflow knows, and a server answers within a few seconds (polled: right after `ray up`
+    the head's server may still be starting)."""
     uri = tracking_uri(config)
     scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
     if scheme not in TRACKING_SCHEMES:
@@ -72,15 +75,20 @@ def check_tracking(config: SweepConfig) -> None:
             f"tracking.uri {uri!r} has an unknown scheme {scheme!r}; use sqlite:///ABS/PATH.db or "
             f"http://HOST:PORT of an `mlflow server`"
         )
-    if scheme in ("http", "https"):
+    if scheme not in ("http", "https"):
+        return
+    deadline = time.monotonic() + SERVER_WAIT_S
+    while True:
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CONNECT_TIMEOUT_S):
-                pass
+                return
         except (urllib.error.URLError, OSError) as exc:
-            raise InputError(
-                f"no MLflow server answers at {uri} within {CONNECT_TIMEOUT_S:.0f} s "
-                f"({getattr(exc, 'reason', exc)}); start it (`mlflow server ...`) or fix tracking.uri"
-            ) from exc
+            if time.monotonic() > deadline:
+                raise InputError(
+                    f"no MLflow server answers at {uri} within {SERVER_WAIT_S:.0f} s "
+                    f"({getattr(exc, 'reason', exc)}); start it (`mlflow server ...`) or fix tracking.uri"
+                ) from exc
+            time.sleep(0.5)
 
 
 def check_ray_address(address: str | None) -> None:
