@@ -239,5 +239,5 @@ def _trial_table(report: FrontReport) -> list[dict]:
 def describe_where(report: FrontReport) -> str:
     return (
         f"picture and tables: {report.artifact_uri}/pareto.png, front.md, trials.parquet\n"
-        f"MLflow UI: {report.ui_hint}\n  filter the runs with: {names.PARETO_FILTER}"
+        f"MLflow UI: {report.ui_hint}\n  filter the runs with: {names.PARETO_FILTER}   or: {names.RECOMMENDED_FILTER}"
     )
