@@ -196,16 +196,9 @@ def _shape() -> dict:
 
 def trial_model(config: SweepConfig, trial: dict) -> torch.nn.Module:
     """The model a trial stands for: θ_AT interpolated towards its cached fine-tune at its α."""
-    cached = load_finetune(config, trial["finetune_key"])
-    if cached is None:
-        raise InputError(
-            f"the fine-tune {trial['finetune_key']} is not in the cache under {config.output_path}; "
-            f"was the output folder moved or cleaned?"
-        )
-    info = dataset_info(config.data.dataset)
-    at = load_at_model(config, info)
-    at.load_state_dict(interpolate_state(at.state_dict(), cached["best_state"], trial["alpha"]))
-    return at
+    model = load_at_model(config, dataset_info(config.data.dataset))
+    model.load_state_dict(spec_state(config, model.state_dict(), trial))
+    return model
 
 
 def _log_front_artifacts(config: SweepConfig, tracker: SweepTracker, report: FrontReport) -> None:

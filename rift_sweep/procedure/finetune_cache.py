@@ -38,27 +38,32 @@ def finetune_path(config: SweepConfig, key: str) -> Path:
     return cache_dir(config, "finetune") / f"{key}.pt"
 
 
-def load_finetune(config: SweepConfig, key: str) -> dict | None:
-    """{best_state, best_epoch, val_acc, alpha_path, finetune_seconds, eval_seconds, module}, or None."""
-    path = finetune_path(config, key)
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
-
-
-def save_finetune(config: SweepConfig, key: str, entry: dict) -> None:
-    with atomic_write(finetune_path(config, key)) as tmp:
-        torch.save(entry, tmp)
-
-
 def partial_path(config: SweepConfig, key: str) -> Path:
     return cache_dir(config, "finetune") / f"{key}.partial.pt"
 
 
+def load_finetune(config: SweepConfig, key: str) -> dict | None:
+    """{best_state, best_epoch, val_acc, alpha_path, finetune_seconds, eval_seconds, module}, or None."""
+    return _read(finetune_path(config, key))
+
+
+def save_finetune(config: SweepConfig, key: str, entry: dict) -> None:
+    _write(finetune_path(config, key), entry)
+
+
 def load_partial(config: SweepConfig, key: str) -> dict | None:
     """{finetune: FinetuneState fields, path: [α rows done]} of an unfinished α path, or None."""
-    path = partial_path(config, key)
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    return _read(partial_path(config, key))
 
 
 def save_partial(config: SweepConfig, key: str, progress: dict) -> None:
-    with atomic_write(partial_path(config, key)) as tmp:
-        torch.save(progress, tmp)
+    _write(partial_path(config, key), progress)
+
+
+def _read(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def _write(path: Path, entry: dict) -> None:
+    with atomic_write(path) as tmp:
+        torch.save(entry, tmp)
