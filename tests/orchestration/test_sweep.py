@@ -59,11 +59,11 @@ def finished_sweep(tmp_path_factory, digits_checkpoint):
     return config, SweepTracker(config)
 
 
-def test_the_first_trial_is_the_papers_procedure(finished_sweep):
+def test_one_trial_is_the_papers_procedure(finished_sweep):
+    # Trials start concurrently, so start order says nothing; a sampled lr never equals the paper's exactly
     config, tracker = finished_sweep
-    first = min(children(tracker), key=lambda r: r.info.start_time)
-    assert float(first.data.params["lr"]) == config.finetune.lr
-    assert int(first.data.params["epochs"]) == config.finetune.epochs
+    paper = [r for r in children(tracker) if float(r.data.params["lr"]) == config.finetune.lr]
+    assert [int(r.data.params["epochs"]) for r in paper] == [config.finetune.epochs]
 
 
 def test_the_recommended_model_is_the_rule_over_every_alpha_point_with_a_paired_test(finished_sweep, tmp_path):
