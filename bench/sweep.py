@@ -58,7 +58,7 @@ def run_search(exp, module: str, sampler: str, seed: int, max_epochs: int, at_va
         if (lr, epochs) not in FINETUNES:
             settings = dataclasses.replace(config.finetune, lr=float(lr), epochs=int(epochs))
             best = finetune(exp, module, settings).best_state
-            FINETUNES[lr, epochs] = best, alpha_path(exp, best, config.alpha.grid, progress=False, known={0.0: at_val})
+            FINETUNES[lr, epochs] = best, alpha_path(exp, best, at_val, progress=False)
         best, path = FINETUNES[lr, epochs]
         own = min(path, key=lambda r: abs(r["alpha"] - trial.params.get("alpha", 0.0)))
         study.tell(trial, [own["std_acc"], own["rob_acc"]])

@@ -22,6 +22,7 @@ import yaml
 
 from rift_sweep.core.adversarial_training import ATSettings
 from rift_sweep.core.attacks import PGD
+from rift_sweep.core.autoattack import autoattack_available
 from rift_sweep.core.data import DATASETS
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.finetune import FinetuneSettings
@@ -116,11 +117,16 @@ class AttackConfig(PGD):
 
     test_runs: int = 3
     amp: bool = False  # autocast the attack's forward passes on CUDA
+    final: str = "pgd"  # "autoattack": also AutoAttack (standard) on test for the recommended and the AT model
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.test_runs < 1:
             raise ValueError(f"test_runs must be >= 1 (paper: 3); got {self.test_runs}")
+        if self.final not in ("pgd", "autoattack"):
+            raise ValueError(f"final must be 'pgd' or 'autoattack'; got {self.final!r}")
+        if self.final == "autoattack" and not autoattack_available():
+            raise ValueError("final: autoattack needs pyautoattack; pip install 'rift-sweep[autoattack]'")
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class ModuleChoice:
 class AlphaConfig:
     grid: tuple[float, ...] = tuple(i / 10 for i in range(11))  # the α path evaluated per fine-tune
     tolerance: float = 0.1  # percentage points of robust accuracy the paper's rule may give up
+    screen: float = 0.25  # fraction of validation that first measures each α point's robustness; 1: no screening
 
     def __post_init__(self) -> None:
         if not self.grid:
@@ -167,6 +174,8 @@ class AlphaConfig:
             raise ValueError(f"grid values must lie in [0, 1]; got {bad}")
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0; got {self.tolerance}")
+        if not 0 < self.screen <= 1:
+            raise ValueError(f"screen must lie in (0, 1] (1 turns screening off); got {self.screen}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ STD_ACC = "std_acc"
 ROB_ACC = "rob_acc"
 OOD_ACC = "ood_acc"
 OBJECTIVES = (STD_ACC, ROB_ACC, OOD_ACC)
+AA_ACC = "aa_acc"  # AutoAttack (standard) robust accuracy on test: attack.final = autoattack
 OOD_PER_CORRUPTION_PREFIX = "ood/"
+ROB_IMAGES = "rob_images"  # on how many validation images an α point's rob_acc was measured (screening)
 INTERVAL_SUFFIXES = ("_low", "_high")  # a 95 % interval beside an accuracy: std_acc_low, std_acc_high
 
 # Metric-name prefixes on MLflow runs.

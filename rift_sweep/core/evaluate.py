@@ -83,6 +83,7 @@ def robust_examples(
     seed: int = 0,
     amp: bool = False,
     cost: AttackCost | None = None,
+    among: Tensor | None = None,
 ) -> Tensor:
     """Bool [N] on the CPU: which examples withstand the attack in every one of `runs` runs.
 
@@ -96,19 +97,21 @@ def robust_examples(
     reported before) whenever different runs break different examples; the two agree only when one run breaks
     every example any run breaks. `amp` speeds up the attack on CUDA only; the clean check and the judgement
     of the last iterate are always made in fp32. `cost`, when given, is incremented by the passes spent.
+    `among` (bool [N]) attacks only those examples and reports the others False; each attacked example gets the
+    starts it gets without `among`, so two calls on complementary masks add up to one call on the whole split.
     """
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be >= 1 (the paper reports the worst of 3), got {runs}")
     x, y = _images_and_labels(split)
     _check_nonempty(y)
     check_model_device(model, device)
-    robust = torch.ones(len(y), dtype=torch.bool)
+    robust = torch.ones(len(y), dtype=torch.bool) if among is None else _mask(among, len(y)).clone()
     for run in range(runs):
         generator = torch.Generator().manual_seed(seed + run)
         done = 0
         for xb, yb in image_batches(x, y, batch_size, device):
             rows = slice(done, done + len(yb))
-            skip = ~robust[rows] if run else None
+            skip = ~robust[rows] if run or among is not None else None
             robust[rows] = pgd.robust_correct(model, xb, yb, generator=generator, amp=amp, cost=cost, skip=skip).cpu()
             done += len(yb)
     return robust
@@ -166,15 +169,25 @@ def evaluate_examples(
     seed: int = 0,
     amp: bool = False,
     cost: AttackCost | None = None,
+    among: Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-example correctness, in the split's order, for intervals and paired tests (see core.statistics):
     "clean", bool [N], the clean prediction is right; "robust", bool [N] when `pgd` is given, the example
-    withstands the attack as `robust_examples` counts it (same arguments, same result)."""
+    withstands the attack as `robust_examples` counts it (same arguments, same result; False outside `among`)."""
     x, y = _images_and_labels(split)
     examples = {"clean": _clean_correct(model, x, y, batch_size=batch_size, device=device).numpy()}
     if pgd is not None:
         robust = robust_examples(
-            model, split, pgd, runs=runs, batch_size=batch_size, device=device, seed=seed, amp=amp, cost=cost
+            model,
+            split,
+            pgd,
+            runs=runs,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            amp=amp,
+            cost=cost,
+            among=among,
         )
         examples["robust"] = robust.numpy()
     return examples
@@ -186,6 +199,13 @@ def _clean_correct(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int, d
     check_model_device(model, device)
     with eval_mode(model), torch.inference_mode():
         return torch.cat([(model(xb).argmax(dim=1) == yb).cpu() for xb, yb in image_batches(x, y, batch_size, device)])
+
+
+def _mask(among: Tensor, n: int) -> Tensor:
+    among = torch.as_tensor(among)
+    if among.dtype != torch.bool or among.shape != (n,):
+        raise ValueError(f"among must be a bool mask [{n}] over the split, got {among.dtype} {tuple(among.shape)}")
+    return among.cpu()
 
 
 def _with_interval(name: str, correct: np.ndarray) -> dict[str, float]:

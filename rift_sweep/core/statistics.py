@@ -39,6 +39,19 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, flo
     return b01, b10, float(p_value)
 
 
+def paired_gain_upper(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
+    """A 95 % upper bound (points) on accuracy(A) − accuracy(B) over the population the images were drawn from.
+
+    Paired: only discordant images count. The gain is (#A-only − #B-only) / n; its bound is the upper end of the
+    Wilson 95 % interval of the A-only rate minus the lower end of the B-only rate's. Each end is a one-sided
+    97.5 % bound, so both hold together with probability ≥ 95 % (Bonferroni). Drawn from a finite set without
+    replacement (a subset of validation), the bound is conservative.
+    """
+    a, b = _paired(a_correct, b_correct, bool)
+    n = len(a)
+    return wilson_interval(int(np.sum(a & ~b)), n)[1] - wilson_interval(int(np.sum(~a & b)), n)[0]
+
+
 def bootstrap_interval(
     values: np.ndarray,
     other: np.ndarray | None = None,

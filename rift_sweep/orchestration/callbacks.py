@@ -99,7 +99,7 @@ class MLflowTrialCallback(Callback):
             metrics += [
                 Metric(names.PATH_PREFIX + k, float(v), now, step)
                 for k, v in row.items()
-                if is_accuracy(k, v) or k == "alpha"
+                if is_accuracy(k, v) or k in ("alpha", names.ROB_IMAGES)
             ]
         metrics += [Metric(k, float(result[k]), now, 0) for k in TIMING_METRICS if k in result]
         existing = self.client.get_run(run_id).data.params

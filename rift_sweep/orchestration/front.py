@@ -163,8 +163,7 @@ def _recommended_metrics(recommended: dict) -> dict[str, float]:
     flat = {
         "alpha": recommended["alpha"],
         **val,
-        "test_p_std": test["p_std"],
-        "test_p_rob": test["p_rob"],
+        **{f"test_{k}": v for k, v in test.items() if k.startswith("p_")},
         **{f"test_{k}": v for k, v in test["model"].items()},
         **{f"test_at_{k}": v for k, v in test["at"].items()},
     }
@@ -173,8 +172,7 @@ def _recommended_metrics(recommended: dict) -> dict[str, float]:
 
 def _unflatten(flat: dict) -> dict:
     return {
-        "p_std": flat["test_p_std"],
-        "p_rob": flat["test_p_rob"],
+        **{k.removeprefix("test_"): v for k, v in flat.items() if k.startswith("test_p_")},
         "model": {
             k.removeprefix("test_"): v
             for k, v in flat.items()

@@ -155,8 +155,8 @@ def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val:
     if alpha is None:  # α not searched: the paper's rule picks it from the validation path
         alpha = alpha_by_rule(path, at_val, config.alpha.tolerance)
     eval_start = time.perf_counter()
-    metrics = next((row for row in path if row["alpha"] == alpha), None)
-    if metrics is None:
+    metrics, n = next((row for row in path if row["alpha"] == alpha), None), len(exp.splits.val)
+    if metrics is None or metrics.get(names.ROB_IMAGES, n) < n:  # off the grid, or screened: all of validation
         metrics = exp.evaluate(interpolate_state(exp.at_state, cached["best_state"], alpha), "val")
     eval_seconds = time.perf_counter() - eval_start + (0.0 if reused else cached["eval_seconds"])
     tune.report(
@@ -201,8 +201,7 @@ def _finetune_and_evaluate(exp: Experiment, key: str, module: str, settings: Fin
         tune.report({"alpha_points_done": len(done), "pid": os.getpid()})
 
     eval_start = time.perf_counter()
-    known = {**({0.0: at_val} if 0.0 in config.alpha.grid else {}), **done}
-    path = alpha_path(exp, result.best_state, config.alpha.grid, progress=False, known=known, on_point=report_point)
+    path = alpha_path(exp, result.best_state, at_val, progress=False, known=done, on_point=report_point)
     return {
         "alpha_points_evaluated": len(evaluated),
         "best_state": result.best_state,

@@ -12,17 +12,19 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from rift_sweep import names
 from rift_sweep.config import SweepConfig
-from rift_sweep.core.attacks import AdversarialSet, attack_split
+from rift_sweep.core.attacks import AdversarialSet, AttackCost, attack_split
+from rift_sweep.core.autoattack import autoattack_examples
 from rift_sweep.core.corruptions import OODSet, load_ood
 from rift_sweep.core.custom import build_custom, check_logits, normalization_of
 from rift_sweep.core.data import DatasetInfo, DataSplits, Split, dataset_info, load_splits, tiny_imagenet_wnids
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.evaluate import accuracy, evaluate, evaluate_examples
+from rift_sweep.core.evaluate import accuracy, evaluate, evaluate_examples, ood_accuracy
 from rift_sweep.core.files import file_sha256
 from rift_sweep.core.models import StateDict, build_model, cpu_copy, load_weights, read_checkpoint_meta
 from rift_sweep.core.mrc import CANDIDATE_TYPES, candidate_modules, executed_modules
@@ -109,6 +111,7 @@ class Experiment:
     checkpoint_sha256: str
     model: nn.Module = field(repr=False)  # the working copy on `device`; load_state() swaps weights into it
     _ood_sets: dict[str, OODSet | None] = field(default_factory=dict, repr=False)
+    attack_cost: AttackCost = field(default_factory=AttackCost, repr=False)  # every PGD pass evaluation spent
 
     def load_state(self, state: StateDict) -> nn.Module:
         self.model.load_state_dict(state)
@@ -147,8 +150,11 @@ class Experiment:
         )
         return full.subset(ood.per_corruption, seed=self.config.seed)
 
-    def examples(self, state: StateDict, split_name: str = "test", *, runs: int = 1) -> dict:
-        """Per-example correctness of `state` ("clean", "robust": bool arrays in the split's order), for paired tests."""
+    def examples(
+        self, state: StateDict, split_name: str = "test", *, runs: int = 1, among: torch.Tensor | None = None
+    ) -> dict:
+        """Per-example correctness of `state` ("clean", "robust": bool arrays in the split's order), for paired tests;
+        robustness only `among` those examples when given (see evaluate.robust_examples)."""
         config = self.config
         return evaluate_examples(
             self.load_state(state),
@@ -159,7 +165,30 @@ class Experiment:
             device=self.device,
             seed=config.seed,
             amp=config.attack.amp,
+            cost=self.attack_cost,
+            among=among,
         )
+
+    def autoattack(self, state: StateDict, split_name: str = "test") -> np.ndarray:
+        """Per-example robustness of `state` under AutoAttack (standard, ℓ∞ attack.eps): see core.autoattack."""
+        return autoattack_examples(
+            self.load_state(state),
+            getattr(self.splits, split_name),
+            eps=self.config.attack.eps,
+            batch_size=self.config.eval_batch_size,
+            device=self.device,
+            seed=self.config.seed,
+        )
+
+    def ood_metrics(self, state: StateDict, split_name: str = "val") -> dict[str, float]:
+        """ood_acc and ood/<corruption> of `state`; empty when OOD is off."""
+        ood = self.ood(split_name)
+        if ood is None:
+            return {}
+        mean, per_corruption = ood_accuracy(
+            self.load_state(state), ood, batch_size=self.config.eval_batch_size, device=self.device
+        )
+        return {names.OOD_ACC: mean, **{names.OOD_PER_CORRUPTION_PREFIX + k: v for k, v in per_corruption.items()}}
 
     def evaluate(self, state: StateDict, split_name: str = "val", *, runs: int = 1) -> dict[str, float]:
         """std_acc, rob_acc and ood_acc (+ per corruption) of `state` on the val or test split.
@@ -179,6 +208,7 @@ class Experiment:
             device=self.device,
             seed=config.seed,
             amp=config.attack.amp,
+            cost=self.attack_cost,
         )
 
 

@@ -42,7 +42,7 @@ def run_paper_procedure(
     ranked = score_modules(exp, experiment_modules(config, exp.model), progress=progress)
     module = choose_modules([r.module for r in ranked], config.modules)[0]
     finetuned = finetune(exp, module, config.finetune, progress=progress)
-    path = alpha_path(exp, finetuned.best_state, config.alpha.grid, progress=progress, known={0.0: at_val})
+    path = alpha_path(exp, finetuned.best_state, at_val, progress=progress)
     alpha = alpha_by_rule(path, at_val, config.alpha.tolerance)
     runs = config.attack.test_runs
     at_test = exp.evaluate(exp.at_state, "test", runs=runs)

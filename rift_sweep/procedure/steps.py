@@ -3,8 +3,10 @@ fine-tune it, walk the α path, apply the paper's α rule. Each has exactly one 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from rift_sweep.config import ModuleChoice
@@ -14,9 +16,12 @@ from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.models import StateDict
 from rift_sweep.core.mrc import MRCResult, module_robust_criticality
 from rift_sweep.core.selection import paper_rule
-from rift_sweep.core.statistics import mcnemar, wilson_interval
-from rift_sweep.names import ROB_ACC, STD_ACC
+from rift_sweep.core.statistics import mcnemar, paired_gain_upper, wilson_interval
+from rift_sweep.names import AA_ACC, ROB_ACC, ROB_IMAGES, STD_ACC
 from rift_sweep.procedure.experiment import Experiment
+
+# Per-example correctness -> (the p-value's name, the accuracy's name)
+SUMMARIES = {"clean": ("std", STD_ACC), "robust": ("rob", ROB_ACC), "autoattack": ("aa", AA_ACC)}
 
 
 def score_modules(exp: Experiment, modules: Sequence[str], *, progress: bool = True) -> list[MRCResult]:
@@ -70,26 +75,84 @@ def finetune(
 def alpha_path(
     exp: Experiment,
     ft_state: StateDict,
-    grid: Sequence[float],
+    at_val: Mapping[str, float],
     *,
     progress: bool = True,
     known: Mapping[float, dict] | None = None,
     on_point: Callable[[dict], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Validation metrics of θ_α for every α in `grid` (fine-tuning paid once, α costs evaluation only).
+    """Validation metrics of θ_α for every α of `alpha.grid` (fine-tuning paid once, α costs evaluation only).
 
-    `known` maps α to metrics already measured (α = 0 is the AT model; a resumed trial's finished points);
-    `on_point` receives each newly evaluated row (e.g. to checkpoint it).
+    α = 0 is the AT model (`at_val`, measured once per sweep); `known` maps α to rows already measured (a resumed
+    trial's points); `on_point` receives each new row once it is final (e.g. to checkpoint it).
+
+    Screening (`alpha.screen` < 1): every new point's clean and OOD accuracy are measured on all of validation, its
+    robust accuracy first on a seeded `screen` fraction of it. Then, from the best clean accuracy down, a point
+    gets the rest of validation unless `_settled_by_screen`. Each row's "rob_images" says how many images its
+    rob_acc (and interval) rests on.
     """
-    known = dict(known or {})
-    rows = []
-    for alpha in tqdm(grid, desc="α path", disable=not progress):
-        if alpha not in known:
-            known[alpha] = exp.evaluate(interpolate_state(exp.at_state, ft_state, alpha), "val")
-            if on_point is not None:
-                on_point({"alpha": alpha, **known[alpha]})
-        rows.append({**known[alpha], "alpha": alpha})
-    return rows
+    config, n = exp.config, len(exp.splits.val)
+    known = {**({0.0: {**at_val, ROB_IMAGES: n}} if 0.0 in config.alpha.grid else {}), **(known or {})}
+    todo = [a for a in config.alpha.grid if a not in known]
+    screen = screen_mask(n, config.alpha.screen, config.seed)
+    first, ood = {}, {}
+    for alpha in tqdm(todo, desc="α path (screen)" if not screen.all() else "α path", disable=not progress):
+        state = interpolate_state(exp.at_state, ft_state, alpha)
+        first[alpha], ood[alpha] = exp.examples(state, "val", among=screen), exp.ood_metrics(state)
+    full = [(row, None) for row in known.values() if row.get(ROB_IMAGES, n) == n]  # (row, per-example robustness)
+    rows = dict(known)
+    for alpha in sorted(todo, key=lambda a: (-first[a]["clean"].mean(), a)):
+        examples = first[alpha]
+        if _settled_by_screen(examples, screen, full, at_val[ROB_ACC] - config.alpha.tolerance):
+            row = {
+                **summarize({"clean": examples["clean"], "robust": examples["robust"][screen]}),
+                ROB_IMAGES: int(screen.sum()),
+            }
+        else:
+            if not screen.all():
+                state = interpolate_state(exp.at_state, ft_state, alpha)
+                examples = {
+                    **examples,
+                    "robust": examples["robust"] | exp.examples(state, "val", among=~screen)["robust"],
+                }
+            row = {**summarize(examples), ROB_IMAGES: n}
+            full.append((row, examples["robust"]))
+        rows[alpha] = {**row, **ood[alpha], "alpha": alpha}
+        if on_point is not None:
+            on_point(rows[alpha])
+    return [{**rows[alpha], "alpha": alpha} for alpha in config.alpha.grid]
+
+
+def screen_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Bool [n]: the seeded random `fraction` of validation on which every α point's robustness is first measured."""
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(n)[: math.ceil(fraction * n)]] = True
+    return mask
+
+
+def _settled_by_screen(
+    candidate: Mapping[str, np.ndarray], screen: np.ndarray, full: Sequence[tuple], rob_floor: float
+) -> bool:
+    """Whether the rest of validation cannot change the path's answers beyond what the full set can resolve.
+
+    Two conditions, both on points already measured in full: (1) one with higher clean accuracy meets the paper's
+    rule (rob_acc >= rob_floor), so the candidate is not the rule's pick and the pick is exactly what it would be
+    without screening; (2) one with at least its clean accuracy is, on the screen's images, robust-better or
+    behind by less than that point's own full-set Wilson half-width (a paired 95 % upper bound, see
+    statistics.paired_gain_upper), so the candidate cannot be told apart from a point that dominates it.
+    """
+    if screen.all():
+        return False
+    std = summarize({"clean": candidate["clean"]})[STD_ACC]
+    if not any(row[STD_ACC] > std and row[ROB_ACC] >= rob_floor for row, _ in full):
+        return False
+    return any(
+        row[STD_ACC] >= std
+        and paired_gain_upper(candidate["robust"][screen], robust[screen])
+        < (row[f"{ROB_ACC}_high"] - row[f"{ROB_ACC}_low"]) / 2
+        for row, robust in full
+        if robust is not None
+    )
 
 
 def alpha_by_rule(path: Sequence[Mapping[str, float]], at_val: Mapping[str, float], tolerance: float) -> float:
@@ -100,21 +163,25 @@ def alpha_by_rule(path: Sequence[Mapping[str, float]], at_val: Mapping[str, floa
 
 def versus_at(exp: Experiment, state: StateDict, split: str = "test") -> dict:
     """`state` against the AT model on the same images: each one's accuracies with Wilson 95 % intervals, and
-    exact McNemar p-values (clean and robust) on the examples where the two disagree."""
+    exact McNemar p-values (clean, robust, and AutoAttack with `attack.final: autoattack`) on the examples where
+    the two disagree."""
     runs = exp.config.attack.test_runs if split == "test" else 1
     at, model = exp.examples(exp.at_state, split, runs=runs), exp.examples(state, split, runs=runs)
+    if exp.config.attack.final == "autoattack":
+        at["autoattack"], model["autoattack"] = exp.autoattack(exp.at_state, split), exp.autoattack(state, split)
     return {
         "model": summarize(model),
         "at": summarize(at),
-        "p_std": mcnemar(at["clean"], model["clean"])[2],
-        "p_rob": mcnemar(at["robust"], model["robust"])[2],
+        **{f"p_{SUMMARIES[key][0]}": mcnemar(at[key], model[key])[2] for key in model},
     }
 
 
 def summarize(examples: dict) -> dict[str, float]:
-    """std_acc / rob_acc (%) with Wilson 95 % bounds, from per-example correctness."""
+    """std_acc / rob_acc / aa_acc (%) with Wilson 95 % bounds, from per-example correctness (`SUMMARIES`' keys)."""
     out = {}
-    for key, name in (("clean", STD_ACC), ("robust", ROB_ACC)):
+    for key, (_, name) in SUMMARIES.items():
+        if key not in examples:
+            continue
         correct, total = int(examples[key].sum()), len(examples[key])
         low, high = wilson_interval(correct, total)
         out.update({name: 100.0 * correct / total, f"{name}_low": low, f"{name}_high": high})

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rift_sweep.names import OOD_ACC, ROB_ACC, STD_ACC, TEST_PREFIX
+from rift_sweep.names import AA_ACC, OOD_ACC, ROB_ACC, STD_ACC, TEST_PREFIX
 from rift_sweep.procedure.paper import RiftReport
 
 
@@ -129,6 +129,11 @@ def format_recommended(report: FrontReport) -> list[str]:
             f"  vs AT on the same test images (exact McNemar): std {model[STD_ACC] - at[STD_ACC]:+.2f} points, "
             f"p = {test['p_std']:.3g}; rob {model[ROB_ACC] - at[ROB_ACC]:+.2f} points, p = {test['p_rob']:.3g}",
         ]
+        if AA_ACC in model:
+            lines.append(
+                f"  AutoAttack (standard) on test: {_range(model, AA_ACC)}   AT: {_range(at, AA_ACC)}   "
+                f"{model[AA_ACC] - at[AA_ACC]:+.2f} points, McNemar p = {test['p_aa']:.3g}"
+            )
     return lines
 
 

@@ -100,6 +100,23 @@ def test_worst_of_three_runs_is_per_example(digits, digits_model):
     assert torch.equal(robust_examples(digits_model, digits.test, ATTACK, runs=3, seed=0), survives_all)
 
 
+def test_robustness_among_complementary_masks_adds_up_to_the_whole_split(digits, digits_model):
+    among = torch.from_numpy(np.random.default_rng(0).random(len(digits.test)) < 0.3)
+    cost = {name: AttackCost() for name in ("whole", "part", "rest")}
+    whole = robust_examples(digits_model, digits.test, ATTACK, seed=4, cost=cost["whole"])
+    part = robust_examples(digits_model, digits.test, ATTACK, seed=4, among=among, cost=cost["part"])
+    rest = robust_examples(digits_model, digits.test, ATTACK, seed=4, among=~among, cost=cost["rest"])
+    assert not part[~among].any() and not rest[among].any()  # outside the mask: reported False, never attacked
+    # the same random starts: at most an example flips by float rounding in differently sized batches
+    assert int((whole != (part | rest)).sum()) <= 1
+    assert cost["part"].gradient_evals < cost["whole"].gradient_evals
+    assert cost["part"].gradient_evals + cost["rest"].gradient_evals == pytest.approx(
+        cost["whole"].gradient_evals, rel=0.02
+    )
+    with pytest.raises(ValueError, match="among must be a bool mask"):
+        robust_examples(digits_model, digits.test, ATTACK, among=among[:-1])
+
+
 def test_evaluate_examples_gives_the_per_example_results(digits, digits_model):
     examples = evaluate_examples(digits_model, digits.test, pgd=ATTACK, batch_size=100, seed=2)
     assert set(examples) == {"clean", "robust"}

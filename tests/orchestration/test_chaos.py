@@ -81,7 +81,7 @@ def test_sigkill_at_any_moment_then_resume_reaches_the_end_state(tmp_path, digit
         },
         mrc={"epochs": 10, "batch_size": 16, "variant": "reference"},  # seconds per module: time to kill in stage 1
         finetune={"epochs": 3, "batch_size": 8},
-        alpha={"grid": GRID},
+        alpha={"grid": GRID, "screen": 1.0},  # every point costs the same: the α-path moment lasts long enough to hit
     )
     config = load_config(path)
     command = [sys.executable, "-m", "rift_sweep.cli", "sweep", "--config", str(path)]

@@ -50,7 +50,8 @@ def ray_shutdown():
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, digits_checkpoint):
     folder = tmp_path_factory.mktemp("sweep")
-    path = sweep_config(folder, digits_checkpoint)
+    # AutoAttack on 40 test images: the recommended model's final attack, end to end, in under a minute
+    path = sweep_config(folder, digits_checkpoint, attack={"final": "autoattack"}, data={"test_subset": 40})
     try:
         assert cli.main(["sweep", "--config", str(path)]) == 0
     finally:
@@ -92,6 +93,9 @@ def test_the_recommended_model_is_the_rule_over_every_alpha_point_with_a_paired_
     for key in ("recommended_test_std_acc", "recommended_test_std_acc_low", "recommended_test_at_rob_acc_high"):
         assert 0 <= parent[key] <= 100
     assert 0 <= parent["recommended_test_p_std"] <= 1 and 0 <= parent["recommended_test_p_rob"] <= 1
+    for who in ("", "at_"):  # AutoAttack beside PGD, for both models, with a paired test
+        assert parent[f"recommended_test_{who}aa_acc"] <= parent[f"recommended_test_{who}rob_acc"]
+    assert 0 <= parent["recommended_test_p_aa"] <= 1
     table = tracker.client.download_artifacts(tracker.parent_run_id, "trials.parquet", str(tmp_path))
     rows = pq.read_table(table).to_pylist()
     assert sum(r["recommended"] for r in rows) == 1
