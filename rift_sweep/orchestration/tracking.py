@@ -8,6 +8,7 @@ No Ray here: `rift-sweep ui` and `report` read the store without starting anythi
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -133,7 +134,8 @@ class SweepTracker:
         """The model as an MLflow model of `run_id` (once): mlflow.pytorch.load_model("runs:/<run>/model").
 
         Pickled (not torch.export's pt2) so it loads back as the same nn.Module; a user's own class travels as
-        its file (code_paths)."""
+        its file (code_paths). MLflow's caution about pickle (loading one runs code) is left out of the output: this
+        is the user's own model, written by their own sweep; `rift-sweep export` gives a weights-only file."""
         import mlflow
         import mlflow.pytorch
 
@@ -142,14 +144,20 @@ class SweepTracker:
         code_file = user_code_file(self.config)
         code = [str(code_file)] if code_file else None
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(
-                model.cpu().eval(),
-                name="model",
-                serialization_format="pickle",
-                code_paths=code,
-                pip_requirements=["torch"],
-            )
+        caution = logging.getLogger("mlflow.pytorch")
+        level = caution.level
+        caution.setLevel(logging.ERROR)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                mlflow.pytorch.log_model(
+                    model.cpu().eval(),
+                    name="model",
+                    serialization_format="pickle",
+                    code_paths=code,
+                    pip_requirements=["torch"],
+                )
+        finally:
+            caution.setLevel(level)
         self.client.set_tag(run_id, names.MODEL_LOGGED_TAG, "true")
 
     def register_model(self, run_id: str, name: str, model) -> str:
