@@ -1,6 +1,6 @@
 """Does the sweep beat the paper's procedure on held-out data, and which sampler should it use?
 
-    .venv/bin/python bench/sweep.py [--seeds 0 1 2] [--samplers tpe gp nsga2] [--multiples 1 2 4]
+    .venv/bin/python bench/sweep.py [--seeds 0 1 2] [--samplers tpe gp nsga2] [--multiples 1 2 4] [--no-test]
                                     [--val 5000] [--test 10000] [--out bench/sweep_runs.json]
 
 For each sampler and seed, the sweep's search runs in-process — the same Optuna sampler and multi-objective
@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=10000)
     parser.add_argument("--test-runs", type=int, help="PGD runs on test, worst of (default: attack.test_runs)")
     parser.add_argument("--out", type=Path, default=Path("bench/sweep_runs.json"))
+    parser.add_argument(
+        "--no-test", action="store_true", help="validation only: compare the samplers' searches, not held-out picks"
+    )
     args = parser.parse_args()
     config = load_config(
         args.config,
@@ -148,6 +151,23 @@ def main() -> None:
                         spent += ft["epochs"]
                         within.append(ft)
                 pick, front = choices(within, at_val, config.alpha.tolerance)
+                rows = [row for ft in within for row in ft["path"]]
+                searched = {
+                    "sampler": sampler,
+                    "seed": seed,
+                    "multiple": multiple,
+                    "finetunes": len(within),
+                    "epochs": sum(ft["epochs"] for ft in within),
+                    "val_hypervolume": hypervolume_2d([(r["std_acc"], r["rob_acc"]) for r in rows]),
+                    "val_pick": None
+                    if pick is None
+                    else next(r for r in within[pick[0]]["path"] if r["alpha"] == pick[1]),
+                    "seconds": time.perf_counter() - start,
+                }
+                if args.no_test:
+                    results.append(searched)
+                    print(json.dumps(searched), flush=True)
+                    continue
                 picked = on_test(within, pick)
                 paper = on_test(paper_runs, choices(paper_runs, at_val, config.alpha.tolerance)[0])
                 front_points = [
@@ -156,11 +176,7 @@ def main() -> None:
                 diff = bootstrap_interval(picked["clean"], paper["clean"], n_resamples=2000, seed=0)
                 results.append(
                     {
-                        "sampler": sampler,
-                        "seed": seed,
-                        "multiple": multiple,
-                        "finetunes": len(within),
-                        "epochs": sum(ft["epochs"] for ft in within),
+                        **searched,
                         "pick": None
                         if pick is None
                         else {"lr": within[pick[0]]["lr"], "epochs": within[pick[0]]["epochs"], "alpha": pick[1]},
@@ -172,10 +188,18 @@ def main() -> None:
                         "std_minus_paper_ci": diff,
                         "rob_minus_paper": 100 * (picked["robust"].mean() - paper["robust"].mean()),
                         "test_hypervolume": hypervolume_2d(front_points),
-                        "seconds": time.perf_counter() - start,
                     }
                 )
                 print(json.dumps(results[-1]), flush=True)
+    if args.no_test:
+        args.out.write_text(
+            json.dumps({"config": args.config, "val": len(exp.splits.val), "results": results}, indent=1)
+        )
+        print_search_table(results)
+        print(
+            f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        )
+        return
     at_test = on_test(paper_runs, None)
     args.out.write_text(
         json.dumps(
@@ -195,6 +219,23 @@ def main() -> None:
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"load average {os.getloadavg()[0]:.1f}; validation {len(exp.splits.val)}, test {len(exp.splits.test)}"
     )
+
+
+def print_search_table(results: list[dict]) -> None:
+    """Validation only: how good a front each sampler found at each budget (same number of α points for all)."""
+    print(
+        "\n| sampler | budget | seeds | val hypervolume of every α point (mean; per seed) | the rule's pick on val: std (mean) |"
+    )
+    print("|---|---|---|---|---|")
+    for sampler in dict.fromkeys(r["sampler"] for r in results):
+        for multiple in dict.fromkeys(r["multiple"] for r in results):
+            rows = [r for r in results if r["sampler"] == sampler and r["multiple"] == multiple]
+            picks = [r["val_pick"]["std_acc"] for r in rows if r["val_pick"]]
+            label = "paper's procedure" if multiple == 0 else f"{multiple}×"
+            volumes = [r["val_hypervolume"] for r in rows]
+            seeds = ", ".join(f"{v:.1f}" for v in volumes)
+            pick = f"{np.mean(picks):.2f}" if picks else "-"
+            print(f"| {sampler} | {label} | {len(rows)} | {np.mean(volumes):.1f}; {seeds} | {pick} |")
 
 
 def print_tables(results: list[dict], at_std: float, at_rob: float) -> None:

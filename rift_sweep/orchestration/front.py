@@ -99,10 +99,11 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
     recommended = recommend(config, tracker, points, at_val)
     untested = [t for t in trials if t["on_front"] and names.TEST_PREFIX + names.STD_ACC not in t]
     at_test = tracker.logged_at_metrics("test")
+    versus = recommended is not None and "test" not in recommended  # it measures the AT model on test too
     pending = [_evaluate_task.options(**_shape()).remote(config, t, "test", config.attack.test_runs) for t in untested]
-    if at_test is None:
+    if at_test is None and not versus:
         pending.append(_evaluate_task.options(**_shape()).remote(config, None, "test", config.attack.test_runs))
-    if recommended is not None and "test" not in recommended:
+    if versus:
         pending.append(_versus_at_task.options(**_shape()).remote(config, recommended))
     results = ray.get(pending)  # in parallel
     for trial, metrics in zip(untested, results):
@@ -110,8 +111,8 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
         tracker.log_metrics(trial["run_id"], tested)
         trial.update(tested)
     if at_test is None:
-        at_test = tracker.log_at_metrics("test", results[len(untested)])
-    if recommended is not None and "test" not in recommended:
+        at_test = tracker.log_at_metrics("test", results[-1]["at"] if versus else results[-1])
+    if versus:
         recommended["test"] = results[-1]
         tracker.log_metrics(tracker.parent_run_id, _recommended_metrics(recommended))
         tracker.log_model(recommended["run_id"], trial_model(config, recommended))

@@ -34,8 +34,9 @@ class WorkerShape:
 
 def quiet_dependencies(verbose: bool) -> None:
     """Unless --verbose, our dependencies keep their notices to themselves: MLflow's and Optuna's INFO lines, Ray's
-    start-up line, Tune's new-style status boxes (the legacy reporter honours verbose=0) and its TensorBoard logger's
-    complaint about the α path (a list, not a scalar)."""
+    start-up line and its notice that a new local cluster uses token authentication (its safe default), Tune's
+    new-style status boxes (the legacy reporter honours verbose=0) and its TensorBoard logger's complaint about the
+    α path (a list, not a scalar)."""
     if verbose:
         return
     import optuna
@@ -46,6 +47,7 @@ def quiet_dependencies(verbose: bool) -> None:
         ("mlflow", logging.WARNING),
         ("ray", logging.WARNING),
         ("ray.tune.logger.tensorboardx", logging.ERROR),
+        ("ray._private.authentication.authentication_token_setup", logging.ERROR),  # "token auth is on" (good)
     ):
         logging.getLogger(name).setLevel(level)
 

@@ -162,16 +162,16 @@ def alpha_by_rule(path: Sequence[Mapping[str, float]], at_val: Mapping[str, floa
 
 
 def versus_at(exp: Experiment, state: StateDict, split: str = "test") -> dict:
-    """`state` against the AT model on the same images: each one's accuracies with Wilson 95 % intervals, and
-    exact McNemar p-values (clean, robust, and AutoAttack with `attack.final: autoattack`) on the examples where
-    the two disagree."""
+    """`state` against the AT model on the same images: each one's accuracies with Wilson 95 % intervals (and OOD
+    accuracy, as `Experiment.evaluate` gives it), and exact McNemar p-values (clean, robust, and AutoAttack with
+    `attack.final: autoattack`) on the examples where the two disagree."""
     runs = exp.config.attack.test_runs if split == "test" else 1
     at, model = exp.examples(exp.at_state, split, runs=runs), exp.examples(state, split, runs=runs)
     if exp.config.attack.final == "autoattack":
         at["autoattack"], model["autoattack"] = exp.autoattack(exp.at_state, split), exp.autoattack(state, split)
     return {
-        "model": summarize(model),
-        "at": summarize(at),
+        "model": {**summarize(model), **exp.ood_metrics(state, split)},
+        "at": {**summarize(at), **exp.ood_metrics(exp.at_state, split)},
         **{f"p_{SUMMARIES[key][0]}": mcnemar(at[key], model[key])[2] for key in model},
     }
 
