@@ -95,31 +95,30 @@ def alpha_path(
     known = {**({0.0: {**at_val, ROB_IMAGES: n}} if 0.0 in config.alpha.grid else {}), **(known or {})}
     todo = [a for a in config.alpha.grid if a not in known]
     screen = screen_mask(n, config.alpha.screen, config.seed)
-    first, ood = {}, {}
-    for alpha in tqdm(todo, desc="α path (screen)" if not screen.all() else "α path", disable=not progress):
-        state = interpolate_state(exp.at_state, ft_state, alpha)
-        first[alpha], ood[alpha] = exp.examples(state, "val", among=screen), exp.ood_metrics(state)
-    full = [(row, None) for row in known.values() if row.get(ROB_IMAGES, n) == n]  # (row, per-example robustness)
-    rows = dict(known)
-    for alpha in sorted(todo, key=lambda a: (-first[a]["clean"].mean(), a)):
-        examples = first[alpha]
-        if _settled_by_screen(examples, screen, full, at_val[ROB_ACC] - config.alpha.tolerance):
-            row = {
-                **summarize({"clean": examples["clean"], "robust": examples["robust"][screen]}),
-                ROB_IMAGES: int(screen.sum()),
-            }
-        else:
-            if not screen.all():
-                state = interpolate_state(exp.at_state, ft_state, alpha)
-                examples = {
-                    **examples,
-                    "robust": examples["robust"] | exp.examples(state, "val", among=~screen)["robust"],
-                }
-            row = {**summarize(examples), ROB_IMAGES: n}
-            full.append((row, examples["robust"]))
+    rows, first, ood = dict(known), {}, {}
+
+    def finish(alpha: float, row: dict) -> None:
         rows[alpha] = {**row, **ood[alpha], "alpha": alpha}
         if on_point is not None:
             on_point(rows[alpha])
+
+    for alpha in tqdm(todo, desc="α path (screen)" if not screen.all() else "α path", disable=not progress):
+        state = interpolate_state(exp.at_state, ft_state, alpha)
+        first[alpha], ood[alpha] = exp.examples(state, "val", among=screen), exp.ood_metrics(state)
+        if screen.all():  # no screening: final at once, so progress (and a resume) goes point by point
+            finish(alpha, {**summarize(first[alpha]), ROB_IMAGES: n})
+    full = [(row, None) for row in known.values() if row.get(ROB_IMAGES, n) == n]  # (row, per-example robustness)
+    for alpha in sorted((a for a in todo if a not in rows), key=lambda a: (-first[a]["clean"].mean(), a)):
+        examples = first[alpha]
+        if _settled_by_screen(examples, screen, full, at_val[ROB_ACC] - config.alpha.tolerance):
+            robust = examples["robust"][screen]
+            finish(alpha, {**summarize({"clean": examples["clean"], "robust": robust}), ROB_IMAGES: len(robust)})
+            continue
+        state = interpolate_state(exp.at_state, ft_state, alpha)
+        rest = exp.examples(state, "val", among=~screen)["robust"]
+        examples = {**examples, "robust": examples["robust"] | rest}
+        full.append((summarize(examples), examples["robust"]))
+        finish(alpha, {**full[-1][0], ROB_IMAGES: n})
     return [{**rows[alpha], "alpha": alpha} for alpha in config.alpha.grid]
 
 

@@ -79,3 +79,16 @@ def test_known_points_are_kept_and_not_measured_again(paths):
     assert [r for r in again if r["alpha"] in known] == list(known.values())
     assert [r["std_acc"] for r in again] == [r["std_acc"] for r in screened]
     assert 0 < cost.gradient_evals
+
+
+def test_without_screening_each_point_is_final_as_soon_as_it_is_measured(paths):
+    """Progress and a resume go point by point: a kill loses at most the point being measured."""
+    exp, best, at_val, full, _, _ = paths
+    unscreened = dataclasses.replace(
+        exp, config=dataclasses.replace(exp.config, alpha=dataclasses.replace(exp.config.alpha, screen=1.0))
+    )
+    unscreened.attack_cost = cost = AttackCost()
+    spent = []
+    again = alpha_path(unscreened, best, at_val, progress=False, on_point=lambda row: spent.append(cost.gradient_evals))
+    assert len(spent) == len(GRID) - 1 and all(a < b for a, b in zip(spent, spent[1:]))
+    assert [r["rob_acc"] for r in again] == [r["rob_acc"] for r in full]
