@@ -50,8 +50,8 @@ def ray_shutdown():
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, digits_checkpoint):
     folder = tmp_path_factory.mktemp("sweep")
-    # AutoAttack on 40 test images: the recommended model's final attack, end to end, in under a minute
-    path = sweep_config(folder, digits_checkpoint, attack={"final": "autoattack"}, data={"test_subset": 40})
+    # AutoAttack on 20 test images: the recommended model's final attack, end to end, in under a minute
+    path = sweep_config(folder, digits_checkpoint, attack={"final": "autoattack"}, data={"test_subset": 20})
     try:
         assert cli.main(["sweep", "--config", str(path)]) == 0
     finally:
