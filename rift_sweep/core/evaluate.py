@@ -148,9 +148,9 @@ def evaluate(
     examples = evaluate_examples(
         model, split, pgd=pgd, runs=runs, batch_size=batch_size, device=device, seed=seed, amp=amp, cost=cost
     )
-    metrics = _with_interval("std_acc", examples["clean"])
+    metrics = with_interval("std_acc", examples["clean"])
     if pgd is not None:
-        metrics.update(_with_interval("rob_acc", examples["robust"]))
+        metrics.update(with_interval("rob_acc", examples["robust"]))
     if ood is not None:
         mean, per_corruption = ood_accuracy(model, ood, batch_size=batch_size, device=device)
         metrics["ood_acc"] = mean
@@ -208,8 +208,8 @@ def _mask(among: Tensor, n: int) -> Tensor:
     return among.cpu()
 
 
-def _with_interval(name: str, correct: np.ndarray) -> dict[str, float]:
-    """{name: accuracy %, name_low, name_high: its Wilson 95 % interval}."""
+def with_interval(name: str, correct: np.ndarray) -> dict[str, float]:
+    """{name: accuracy %, name_low, name_high: its Wilson 95 % interval}, from per-example correctness."""
     low, high = wilson_interval(int(correct.sum()), len(correct))
     return {name: _percent(correct), f"{name}_low": low, f"{name}_high": high}
 

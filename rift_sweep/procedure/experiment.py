@@ -24,7 +24,7 @@ from rift_sweep.core.corruptions import OODSet, load_ood
 from rift_sweep.core.custom import build_custom, check_logits, normalization_of
 from rift_sweep.core.data import DatasetInfo, DataSplits, Split, dataset_info, load_splits, tiny_imagenet_wnids
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.evaluate import accuracy, evaluate, evaluate_examples, ood_accuracy
+from rift_sweep.core.evaluate import accuracy, evaluate_examples, ood_accuracy, with_interval
 from rift_sweep.core.files import file_sha256
 from rift_sweep.core.models import StateDict, build_model, cpu_copy, load_weights, read_checkpoint_meta
 from rift_sweep.core.mrc import CANDIDATE_TYPES, candidate_modules, executed_modules
@@ -197,19 +197,12 @@ class Experiment:
         """
         if split_name not in ("val", "test"):
             raise ValueError(f"split_name must be 'val' or 'test'; got {split_name!r}")
-        config = self.config
-        return evaluate(
-            self.load_state(state),
-            getattr(self.splits, split_name),
-            pgd=config.attack,
-            ood=self.ood(split_name),
-            runs=runs,
-            batch_size=config.eval_batch_size,
-            device=self.device,
-            seed=config.seed,
-            amp=config.attack.amp,
-            cost=self.attack_cost,
-        )
+        examples = self.examples(state, split_name, runs=runs)
+        accuracies = {
+            **with_interval(names.STD_ACC, examples["clean"]),
+            **with_interval(names.ROB_ACC, examples["robust"]),
+        }
+        return {**accuracies, **self.ood_metrics(state, split_name)}
 
 
 def experiment_modules(config: SweepConfig, model: nn.Module) -> list[str]:

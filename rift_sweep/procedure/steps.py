@@ -11,12 +11,13 @@ from tqdm.auto import tqdm
 
 from rift_sweep.config import ModuleChoice
 from rift_sweep.core.errors import InputError
+from rift_sweep.core.evaluate import with_interval
 from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState, finetune_module
 from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.models import StateDict
 from rift_sweep.core.mrc import MRCResult, module_robust_criticality
 from rift_sweep.core.selection import paper_rule
-from rift_sweep.core.statistics import mcnemar, paired_gain_upper, wilson_interval
+from rift_sweep.core.statistics import mcnemar, paired_gain_upper
 from rift_sweep.names import AA_ACC, ROB_ACC, ROB_IMAGES, STD_ACC
 from rift_sweep.procedure.experiment import Experiment
 
@@ -140,8 +141,6 @@ def _settled_by_screen(
     behind by less than that point's own full-set Wilson half-width (a paired 95 % upper bound, see
     statistics.paired_gain_upper), so the candidate cannot be told apart from a point that dominates it.
     """
-    if screen.all():
-        return False
     std = summarize({"clean": candidate["clean"]})[STD_ACC]
     if not any(row[STD_ACC] > std and row[ROB_ACC] >= rob_floor for row, _ in full):
         return False
@@ -179,11 +178,8 @@ def summarize(examples: dict) -> dict[str, float]:
     """std_acc / rob_acc / aa_acc (%) with Wilson 95 % bounds, from per-example correctness (`SUMMARIES`' keys)."""
     out = {}
     for key, (_, name) in SUMMARIES.items():
-        if key not in examples:
-            continue
-        correct, total = int(examples[key].sum()), len(examples[key])
-        low, high = wilson_interval(correct, total)
-        out.update({name: 100.0 * correct / total, f"{name}_low": low, f"{name}_high": high})
+        if key in examples:
+            out.update(with_interval(name, examples[key]))
     return out
 
 
