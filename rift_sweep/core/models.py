@@ -673,6 +673,13 @@ def read_checkpoint_meta(path: PathLike) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def on_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """`model` moved to `device` with its 4-D weights channels-last (NHWC): oneDNN on CPUs and cuDNN's tensor-core
+    kernels run convolutions fastest in that layout (bench/pgd.py: PGD 1.4x on the demo CNN, one CPU thread).
+    Only the memory layout changes: state dicts, shapes and results are the same."""
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
 def cpu_copy(state: StateDict) -> StateDict:
     """A detached copy of a state dict on the CPU: a snapshot that later training cannot change."""
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.adversarial_training import ATResult, adversarial_train
 from rift_sweep.core.files import check_writable
-from rift_sweep.core.models import save_checkpoint
+from rift_sweep.core.models import on_device, save_checkpoint
 from rift_sweep.procedure.experiment import build_architecture, load_data, resolve_device, split_identity
 
 
@@ -17,7 +17,7 @@ def train_at_checkpoint(config: SweepConfig, out: Path) -> ATResult:
     check_writable(out)
     splits = load_data(config)
     device = resolve_device(config.device)
-    model = build_architecture(config, splits.info).to(device)
+    model = on_device(build_architecture(config, splits.info), device)
     start = time.perf_counter()
     result = adversarial_train(
         model,

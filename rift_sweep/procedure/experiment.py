@@ -26,7 +26,7 @@ from rift_sweep.core.data import DatasetInfo, DataSplits, Split, dataset_info, l
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.evaluate import accuracy, evaluate_examples, ood_accuracy, with_interval
 from rift_sweep.core.files import file_sha256
-from rift_sweep.core.models import StateDict, build_model, cpu_copy, load_weights, read_checkpoint_meta
+from rift_sweep.core.models import StateDict, build_model, cpu_copy, load_weights, on_device, read_checkpoint_meta
 from rift_sweep.core.mrc import CANDIDATE_TYPES, candidate_modules, executed_modules
 from rift_sweep.core.robustbench import build_robustbench, robustbench_entry
 
@@ -89,7 +89,7 @@ def load_at_model(
         load_weights(model, require_checkpoint(config))
     else:
         model.load_state_dict(state)
-    return model.to(device).eval()
+    return on_device(model, device).eval()
 
 
 def require_checkpoint(config: SweepConfig) -> str:
