@@ -183,12 +183,25 @@ class Range:
     low: float
     high: float
     log: bool = False
+    step: float | None = None  # a lattice low, low + step, ..., high (Optuna's step); None: continuous
 
     def __post_init__(self) -> None:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be < high ({self.high}); swap them or fix the range")
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0; got {self.low}")
+        if self.step is not None:
+            if self.log or self.step <= 0:
+                raise ValueError(f"step must be > 0 on a linear range (Optuna has no log lattice); got {self.step}")
+            count = (self.high - self.low) / self.step
+            if abs(count - round(count)) > 1e-9:
+                raise ValueError(
+                    f"high - low ({self.high - self.low:g}) must be a whole number of steps ({self.step:g})"
+                )
+
+    def lattice(self) -> list[float]:
+        """The values a stepped range allows (low + k * step, as Optuna suggests them)."""
+        return [self.low + k * self.step for k in range(round((self.high - self.low) / self.step) + 1)]
 
 
 SEARCHABLE = ("lr", "epochs", "alpha")
@@ -197,7 +210,11 @@ SEARCHABLE = ("lr", "epochs", "alpha")
 @dataclass(frozen=True)
 class SearchConfig:
     space: dict[str, Range] = field(
-        default_factory=lambda: {"lr": Range(1e-4, 1e-1, log=True), "epochs": Range(1, 10), "alpha": Range(0.0, 1.0)}
+        default_factory=lambda: {
+            "lr": Range(1e-4, 1e-1, log=True),
+            "epochs": Range(1, 10),
+            "alpha": Range(0.0, 1.0, step=0.1),  # on the default grid: a trial's α is a point its α path measures
+        }
     )
     num_samples: int = 16
     max_concurrent: int = 2
@@ -219,7 +236,9 @@ class SearchConfig:
         if alpha is not None and not (0 <= alpha.low and alpha.high <= 1):
             raise ValueError(f"space.alpha must lie within [0, 1]; got [{alpha.low}, {alpha.high}]")
         epochs = self.space.get("epochs")
-        if epochs is not None and (epochs.low < 1 or epochs.low != int(epochs.low) or epochs.high != int(epochs.high)):
+        if epochs is not None and (
+            epochs.low < 1 or any(v != int(v) for v in (epochs.low, epochs.high, epochs.step or 1))
+        ):
             raise ValueError(f"space.epochs needs whole numbers >= 1; got [{epochs.low}, {epochs.high}]")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1; got {self.num_samples}")

@@ -7,8 +7,10 @@ Selection uses validation metrics only; the test split is evaluated for the fron
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -26,7 +28,7 @@ from rift_sweep.orchestration.tracking import SweepTracker, child_runs
 from rift_sweep.procedure.experiment import load_at_model, load_experiment
 from rift_sweep.procedure.finetune_cache import load_finetune
 from rift_sweep.procedure.plots import pareto_chart
-from rift_sweep.procedure.steps import alpha_points, versus_at
+from rift_sweep.procedure.steps import alpha_points, model_metrics, versus_at
 from rift_sweep.procedure.tables import FrontReport, format_front
 
 
@@ -44,23 +46,51 @@ def spec_state(config: SweepConfig, at_state: dict, spec: dict | None) -> dict:
 
 
 @ray.remote
-def _evaluate_task(config: SweepConfig, spec: dict | None, split: str, runs: int) -> dict:
+def _examples_task(config: SweepConfig, spec: dict | None, split: str, chunk: int, chunks: int) -> dict:
     exp = load_experiment(config)
-    return exp.evaluate(spec_state(config, exp.at_state, spec), split, runs=runs)
+    state = spec_state(config, exp.at_state, spec)
+    n = len(getattr(exp.splits, split))
+    runs = config.attack.test_runs if split == "test" else 1
+    examples = exp.examples(state, split, runs=runs, among=torch.arange(n) * chunks // n == chunk)
+    return {**examples, "ood": exp.ood_metrics(state, split) if chunk == 0 else {}}
 
 
 @ray.remote
-def _versus_at_task(config: SweepConfig, spec: dict) -> dict:
+def _autoattack_task(config: SweepConfig, spec: dict | None) -> np.ndarray:
     exp = load_experiment(config)
-    return versus_at(exp, spec_state(config, exp.at_state, spec), "test")
+    return exp.autoattack(spec_state(config, exp.at_state, spec), "test")
+
+
+def model_examples(
+    config: SweepConfig, split: str, specs: dict[str, dict | None], autoattack: Collection[str] = ()
+) -> dict[str, dict]:
+    """Per-example correctness ("clean", "robust"; "autoattack" for the keys in `autoattack`) and OOD metrics
+    ("ood") of each model on `split` (worst of attack.test_runs on test). Each model's images are split into one
+    contiguous chunk per worker (`robust_examples(among=...)` gives every image the starts it gets in one call),
+    so every worker stays busy until the last model is done."""
+    shape, chunks = _shape(), worker_shape().count
+    pending = {
+        key: [_examples_task.options(**shape).remote(config, spec, split, c, chunks) for c in range(chunks)]
+        for key, spec in specs.items()
+    }
+    attacks = {key: _autoattack_task.options(**shape).remote(config, specs[key]) for key in autoattack}
+    results = {}
+    for key, refs in pending.items():
+        parts = ray.get(refs)
+        results[key] = {
+            "clean": parts[0]["clean"],
+            "robust": np.logical_or.reduce([part["robust"] for part in parts]),
+            "ood": parts[0]["ood"],
+        }
+        if key in attacks:
+            results[key]["autoattack"] = ray.get(attacks[key])
+    return results
 
 
 def at_metrics(tracker: SweepTracker, split: str) -> dict[str, float]:
     """The AT model's metrics on a split, computed once and kept on the parent run."""
-    config = tracker.config
-    runs = config.attack.test_runs if split == "test" else 1
     return tracker.logged_at_metrics(split) or tracker.log_at_metrics(
-        split, ray.get(_evaluate_task.options(**_shape()).remote(config, None, split, runs))
+        split, model_metrics(model_examples(tracker.config, split, {AT: None})[AT])
     )
 
 
@@ -100,20 +130,21 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
     untested = [t for t in trials if t["on_front"] and names.TEST_PREFIX + names.STD_ACC not in t]
     at_test = tracker.logged_at_metrics("test")
     versus = recommended is not None and "test" not in recommended  # it measures the AT model on test too
-    pending = [_evaluate_task.options(**_shape()).remote(config, t, "test", config.attack.test_runs) for t in untested]
-    if at_test is None and not versus:
-        pending.append(_evaluate_task.options(**_shape()).remote(config, None, "test", config.attack.test_runs))
+    specs = {_model_key(t): t for t in untested}
     if versus:
-        pending.append(_versus_at_task.options(**_shape()).remote(config, recommended))
-    results = ray.get(pending)  # in parallel
-    for trial, metrics in zip(untested, results):
-        tested = {names.TEST_PREFIX + k: v for k, v in metrics.items()}
-        tracker.log_metrics(trial["run_id"], tested)
-        trial.update(tested)
+        specs[_model_key(recommended)] = recommended
+    if versus or at_test is None:
+        specs[AT] = None
+    final = {AT, _model_key(recommended)} if versus and config.attack.final == "autoattack" else ()
+    tested = model_examples(config, "test", {k: _spec(v) for k, v in specs.items()}, final)  # on every worker
+    for trial in untested:
+        metrics = {names.TEST_PREFIX + k: v for k, v in model_metrics(tested[_model_key(trial)]).items()}
+        tracker.log_metrics(trial["run_id"], metrics)
+        trial.update(metrics)
     if at_test is None:
-        at_test = tracker.log_at_metrics("test", results[-1]["at"] if versus else results[-1])
+        at_test = tracker.log_at_metrics("test", model_metrics(tested[AT]))
     if versus:
-        recommended["test"] = results[-1]
+        recommended["test"] = versus_at(tested[AT], tested[_model_key(recommended)])
         tracker.log_metrics(tracker.parent_run_id, _recommended_metrics(recommended))
         tracker.log_model(recommended["run_id"], trial_model(config, recommended))
     report = FrontReport(
@@ -186,6 +217,18 @@ def _unflatten(flat: dict) -> dict:
 def _cached_path(config: SweepConfig, trial: dict) -> list[dict]:
     cached = load_finetune(config, trial["finetune_key"]) if trial.get("finetune_key") else None
     return (cached or {}).get("alpha_path", [])
+
+
+AT = "at"  # model_examples' key of the AT model
+
+
+def _model_key(trial: dict) -> str:
+    """Trials and α points that share a fine-tune and an α are one model, evaluated once; α = 0 is the AT model."""
+    return AT if trial["alpha"] == 0.0 else f"{trial['finetune_key']}@{trial['alpha']!r}"
+
+
+def _spec(trial: dict | None) -> dict | None:
+    return None if trial is None else {"finetune_key": trial["finetune_key"], "alpha": trial["alpha"]}
 
 
 def _shape() -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import time
@@ -48,9 +49,9 @@ def search_space(config: SweepConfig, modules: list[str]) -> dict[str, optuna.di
     space = {}
     for name, rng in config.search.space.items():
         if name == "epochs":
-            space[name] = optuna.distributions.IntDistribution(int(rng.low), int(rng.high))
+            space[name] = optuna.distributions.IntDistribution(int(rng.low), int(rng.high), step=int(rng.step or 1))
         else:
-            space[name] = optuna.distributions.FloatDistribution(rng.low, rng.high, log=rng.log)
+            space[name] = optuna.distributions.FloatDistribution(rng.low, rng.high, log=rng.log, step=rng.step)
     if len(modules) > 1:
         space["module"] = optuna.distributions.CategoricalDistribution(modules)
     return space
@@ -75,7 +76,9 @@ def paper_point(config: SweepConfig, modules: list[str]) -> dict:
     space = config.search.space
     point = {"lr": config.finetune.lr, "epochs": config.finetune.epochs, "module": modules[0]}
     if "alpha" in space:
-        point["alpha"] = min(max(PAPER_ALPHA, space["alpha"].low), space["alpha"].high)
+        alpha = space["alpha"]
+        allowed = alpha.lattice() if alpha.step else [min(max(PAPER_ALPHA, alpha.low), alpha.high)]
+        point["alpha"] = min(allowed, key=lambda a: abs(a - PAPER_ALPHA))
     return {k: v for k, v in point.items() if k in space or (k == "module" and len(modules) > 1)}
 
 
@@ -101,10 +104,18 @@ class MultiObjectiveOptunaSearch(OptunaSearch):
         if error or not result or "alpha" not in self._space:
             return
         params = {k: result[k] for k in self._space if k != "alpha"}
-        alpha_range = self._space["alpha"]
         for row in result.get("alpha_path", []):
-            if row["alpha"] != result["alpha"] and alpha_range.low <= row["alpha"] <= alpha_range.high:
+            if row["alpha"] != result["alpha"] and _allows(self._space["alpha"], row["alpha"]):
                 self.add_evaluated_point({**params, "alpha": row["alpha"]}, [row[m] for m in self.metric])
+
+
+def _allows(distribution: optuna.distributions.FloatDistribution, value: float) -> bool:
+    """Whether `value` lies in the range and, when it has a step, on its lattice (else Optuna refuses the point)."""
+    inside = distribution.low <= value <= distribution.high
+    if distribution.step is None:
+        return inside
+    steps = (value - distribution.low) / distribution.step
+    return inside and math.isclose(steps, round(steps), abs_tol=1e-9)
 
 
 def make_searcher(
@@ -136,7 +147,9 @@ def trial_choice(config: SweepConfig, params: dict, modules: list[str]) -> tuple
         epochs=int(params.get("epochs", config.finetune.epochs)),
     )
     alpha = params.get("alpha")
-    return params.get("module", modules[0]), settings, None if alpha is None else float(alpha)
+    if alpha is not None:  # Optuna's lattice values (0.6000000000000001) name the grid's point (0.6)
+        alpha = next((a for a in config.alpha.grid if math.isclose(a, alpha, abs_tol=1e-9)), float(alpha))
+    return params.get("module", modules[0]), settings, alpha
 
 
 def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val: dict) -> None:
@@ -148,7 +161,7 @@ def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val:
     cached = load_finetune(config, key)
     reused = cached is not None
     if cached is None:
-        cached = _finetune_and_evaluate(exp, key, module, settings, at_val)
+        cached = _finetune_and_evaluate(exp, key, module, settings, at_val, in_full=alpha)
         save_finetune(config, key, cached)
         partial_path(config, key).unlink(missing_ok=True)
     path = cached["alpha_path"]
@@ -179,9 +192,12 @@ def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val:
     )
 
 
-def _finetune_and_evaluate(exp: Experiment, key: str, module: str, settings: FinetuneSettings, at_val: dict) -> dict:
+def _finetune_and_evaluate(
+    exp: Experiment, key: str, module: str, settings: FinetuneSettings, at_val: dict, in_full: float | None
+) -> dict:
     """Fine-tune (a Tune checkpoint after every epoch), then the α path (progress in the fine-tune cache after every
-    point): a retried or resumed trial carries on where it stopped instead of starting again."""
+    point; the trial's own α `in_full` never left screened): a retried or resumed trial carries on where it stopped
+    instead of starting again."""
     config = exp.config
     partial = load_partial(config, key)
     if partial is not None:  # killed during the α path: the fine-tune and the points done are kept
@@ -201,7 +217,9 @@ def _finetune_and_evaluate(exp: Experiment, key: str, module: str, settings: Fin
         tune.report({"alpha_points_done": len(done), "pid": os.getpid()})
 
     eval_start = time.perf_counter()
-    path = alpha_path(exp, result.best_state, at_val, progress=False, known=done, on_point=report_point)
+    path = alpha_path(
+        exp, result.best_state, at_val, progress=False, known=done, on_point=report_point, in_full=(in_full,)
+    )
     return {
         "alpha_points_evaluated": len(evaluated),
         "best_state": result.best_state,

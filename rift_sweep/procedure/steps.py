@@ -4,7 +4,8 @@ fine-tune it, walk the α path, apply the paper's α rule. Each has exactly one 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -81,6 +82,7 @@ def alpha_path(
     progress: bool = True,
     known: Mapping[float, dict] | None = None,
     on_point: Callable[[dict], None] | None = None,
+    in_full: Collection[float | None] = (),
 ) -> list[dict[str, float]]:
     """Validation metrics of θ_α for every α of `alpha.grid` (fine-tuning paid once, α costs evaluation only).
 
@@ -89,8 +91,8 @@ def alpha_path(
 
     Screening (`alpha.screen` < 1): every new point's clean and OOD accuracy are measured on all of validation, its
     robust accuracy first on a seeded `screen` fraction of it. Then, from the best clean accuracy down, a point
-    gets the rest of validation unless `_settled_by_screen`. Each row's "rob_images" says how many images its
-    rob_acc (and interval) rests on.
+    gets the rest of validation unless `_settled_by_screen` (never those `in_full`, e.g. a trial's own α). Each
+    row's "rob_images" says how many images its rob_acc (and interval) rests on.
     """
     config, n = exp.config, len(exp.splits.val)
     known = {**({0.0: {**at_val, ROB_IMAGES: n}} if 0.0 in config.alpha.grid else {}), **(known or {})}
@@ -109,9 +111,10 @@ def alpha_path(
         if screen.all():  # no screening: final at once, so progress (and a resume) goes point by point
             finish(alpha, {**summarize(first[alpha]), ROB_IMAGES: n})
     full = [(row, None) for row in known.values() if row.get(ROB_IMAGES, n) == n]  # (row, per-example robustness)
+    floor = at_val[ROB_ACC] - config.alpha.tolerance
     for alpha in sorted((a for a in todo if a not in rows), key=lambda a: (-first[a]["clean"].mean(), a)):
         examples = first[alpha]
-        if _settled_by_screen(examples, screen, full, at_val[ROB_ACC] - config.alpha.tolerance):
+        if alpha not in in_full and _settled_by_screen(examples, screen, full, floor):
             robust = examples["robust"][screen]
             finish(alpha, {**summarize({"clean": examples["clean"], "robust": robust}), ROB_IMAGES: len(robust)})
             continue
@@ -159,19 +162,20 @@ def alpha_by_rule(path: Sequence[Mapping[str, float]], at_val: Mapping[str, floa
     return float(chosen["alpha"]) if chosen else 0.0
 
 
-def versus_at(exp: Experiment, state: StateDict, split: str = "test") -> dict:
-    """`state` against the AT model on the same images: each one's accuracies with Wilson 95 % intervals (and OOD
-    accuracy, as `Experiment.evaluate` gives it), and exact McNemar p-values (clean, robust, and AutoAttack with
-    `attack.final: autoattack`) on the examples where the two disagree."""
-    runs = exp.config.attack.test_runs if split == "test" else 1
-    at, model = exp.examples(exp.at_state, split, runs=runs), exp.examples(state, split, runs=runs)
-    if exp.config.attack.final == "autoattack":
-        at["autoattack"], model["autoattack"] = exp.autoattack(exp.at_state, split), exp.autoattack(state, split)
+def versus_at(at: Mapping[str, Any], model: Mapping[str, Any]) -> dict:
+    """A model against the AT model on the same images, from each one's per-example correctness and "ood" metrics
+    (as front.model_examples gives them): each one's accuracies with Wilson 95 % intervals and OOD accuracy, and
+    exact McNemar p-values (clean, robust, and AutoAttack where measured) on the examples where the two disagree."""
     return {
-        "model": {**summarize(model), **exp.ood_metrics(state, split)},
-        "at": {**summarize(at), **exp.ood_metrics(exp.at_state, split)},
-        **{f"p_{SUMMARIES[key][0]}": mcnemar(at[key], model[key])[2] for key in model},
+        "model": model_metrics(model),
+        "at": model_metrics(at),
+        **{f"p_{SUMMARIES[key][0]}": mcnemar(at[key], model[key])[2] for key in SUMMARIES if key in model},
     }
+
+
+def model_metrics(examples: Mapping[str, Any]) -> dict[str, float]:
+    """`summarize`'s accuracies plus the "ood" metrics measured beside them."""
+    return {**summarize(examples), **examples.get("ood", {})}
 
 
 def summarize(examples: dict) -> dict[str, float]:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 SPACE = {
     "lr": {"low": 0.001, "high": 0.1, "log": True},
     "epochs": {"low": 1, "high": 3},
-    "alpha": {"low": 0.0, "high": 1.0},
+    "alpha": {"low": 0.0, "high": 1.0, "step": 0.5},  # on the digits config's α grid (continuous: other tests)
 }
 
 
@@ -115,6 +115,13 @@ def test_one_child_run_per_trial_with_params_metrics_and_alpha_path(finished_swe
         assert {"std_acc", "rob_acc", "ood_acc"} <= set(run.data.metrics)
         history = tracker.client.get_metric_history(run.info.run_id, "path_std_acc")
         assert len(history) == len(config.alpha.grid)  # every α point recorded
+        alphas, images = (
+            [m.value for m in sorted(tracker.client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
+            for k in ("path_alpha", "path_rob_images")
+        )
+        own = float(run.data.params["alpha"])
+        assert own in config.alpha.grid  # a stepped α names a path point: the trial evaluates nothing of its own,
+        assert images[alphas.index(own)] == config.data.val_size  # so its own point is never left screened
 
 
 def test_pareto_tags_equal_a_brute_force_front(finished_sweep):
