@@ -544,6 +544,19 @@ def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator | No
 # ---------------------------------------------------------------- the OOD set
 
 
+def source_rows(block: int, n_per_corruption: int | None, n_severities: int, seed: int) -> Tensor | None:
+    """Which of `block` source images a subset of at most `n_per_corruption` images per corruption keeps (split
+    evenly over the severities, rounded down, at least one per severity), sorted; None: all of them."""
+    if n_per_corruption is None:
+        return None
+    if isinstance(n_per_corruption, bool) or not isinstance(n_per_corruption, int) or n_per_corruption < 1:
+        raise ValueError(f"n_per_corruption must be a positive int or None (all); got {n_per_corruption!r}")
+    per_severity = max(1, n_per_corruption // n_severities)
+    if per_severity >= block:
+        return None
+    return torch.randperm(block, generator=torch.Generator().manual_seed(seed))[:per_severity].sort().values
+
+
 @dataclass
 class OODSet:
     source: str  # "real" (published -C set read from disk) or "generated"
@@ -558,15 +571,10 @@ class OODSet:
         """At most `n_per_corruption` images per corruption, split evenly over the severities (rounded down,
         at least one per severity). The same source images are taken in every severity and corruption,
         so comparisons stay paired. None, or a number >= the set's size, returns self."""
-        if n_per_corruption is None:
-            return self
-        if isinstance(n_per_corruption, bool) or not isinstance(n_per_corruption, int) or n_per_corruption < 1:
-            raise ValueError(f"n_per_corruption must be a positive int or None (all); got {n_per_corruption!r}")
         block = self._block_size()
-        per_severity = max(1, n_per_corruption // len(self.severities))
-        if per_severity >= block:
+        chosen = source_rows(block, n_per_corruption, len(self.severities), seed)
+        if chosen is None:
             return self
-        chosen = torch.randperm(block, generator=torch.Generator().manual_seed(seed))[:per_severity].sort().values
         rows = torch.cat([b * block + chosen for b in range(len(self.severities))])
         sets = {name: Split(split.x[rows], split.y[rows]) for name, split in self.sets.items()}
         return OODSet(self.source, sets, self.severities)
@@ -843,10 +851,12 @@ def load_ood(
     use_real: bool = True,
     wnids: list[str] | None = None,
     progress: bool = False,
+    per_corruption: int | None = None,
 ) -> OODSet:
     """The OOD set for `split`: the published -C set when `use_real` and it exists under `root` (it matches
     the official TEST split only, so pass use_real=False for validation data), else a generated copy of
-    `split`, cached under `cache_dir`.
+    `split`, cached under `cache_dir`. `per_corruption`: at most that many images per corruption, as
+    `OODSet.subset(per_corruption, seed)` takes them; a generated copy then corrupts only those source images.
 
     corruptions=None means all available: the 15 published ones for a real set, the 14 we implement
     (no frost) for a generated one. Tiny-ImageNet-C needs `wnids` (tiny-imagenet-200/wnids.txt order).
@@ -855,8 +865,10 @@ def load_ood(
     real = _real_folder(dataset, root) if use_real else None
     if real is None:
         names = _check_corruptions(corruptions, tuple(CORRUPTIONS), "generated sets")
+        rows = source_rows(len(split.y), per_corruption, len(chosen), seed)
+        source = split if rows is None else Split(split.x[rows], split.y[rows])
         folder = generate_c(
-            split, cache_dir, dataset=dataset, seed=seed, corruptions=names, severities=chosen, progress=progress
+            source, cache_dir, dataset=dataset, seed=seed, corruptions=names, severities=chosen, progress=progress
         )
         return OODSet("generated", _stacked_from_folder(folder, names, chosen, chosen), chosen)
     names = _check_corruptions(corruptions, OFFICIAL_CORRUPTIONS, "a real -C set")
@@ -866,5 +878,5 @@ def load_ood(
                 "reading Tiny-ImageNet-C needs wnids= (the lines of tiny-imagenet-200/wnids.txt) "
                 "so its labels match the training labels"
             )
-        return OODSet("real", read_tiny_imagenet_c(real, wnids, names, chosen), chosen)
-    return OODSet("real", read_cifar_c(real, names, chosen), chosen)
+        return OODSet("real", read_tiny_imagenet_c(real, wnids, names, chosen), chosen).subset(per_corruption, seed)
+    return OODSet("real", read_cifar_c(real, names, chosen), chosen).subset(per_corruption, seed)

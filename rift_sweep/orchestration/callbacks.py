@@ -139,6 +139,9 @@ class ProgressCallback(Callback):
             self._bar = tqdm(total=self.total, initial=self.done, desc="trials", unit="trial", leave=False)
         return self._bar
 
+    def setup(self, **info) -> None:
+        self.bar.refresh()  # the bar's clock starts with the sweep, not with its first finished trial
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         r = trial.last_result
         if names.STD_ACC not in r:

@@ -25,7 +25,7 @@ from rift_sweep.core.selection import paper_rule, pareto_mask
 from rift_sweep.orchestration.callbacks import is_accuracy
 from rift_sweep.orchestration.resources import worker_shape
 from rift_sweep.orchestration.tracking import SweepTracker, child_runs
-from rift_sweep.procedure.experiment import load_at_model, load_experiment
+from rift_sweep.procedure.experiment import load_at_model, worker_experiment
 from rift_sweep.procedure.finetune_cache import load_finetune
 from rift_sweep.procedure.plots import pareto_chart
 from rift_sweep.procedure.steps import alpha_points, model_metrics, versus_at
@@ -47,7 +47,7 @@ def spec_state(config: SweepConfig, at_state: dict, spec: dict | None) -> dict:
 
 @ray.remote
 def _examples_task(config: SweepConfig, spec: dict | None, split: str, chunk: int, chunks: int) -> dict:
-    exp = load_experiment(config)
+    exp = worker_experiment(config)
     state = spec_state(config, exp.at_state, spec)
     n = len(getattr(exp.splits, split))
     runs = config.attack.test_runs if split == "test" else 1
@@ -57,7 +57,7 @@ def _examples_task(config: SweepConfig, spec: dict | None, split: str, chunk: in
 
 @ray.remote
 def _autoattack_task(config: SweepConfig, spec: dict | None) -> np.ndarray:
-    exp = load_experiment(config)
+    exp = worker_experiment(config)
     return exp.autoattack(spec_state(config, exp.at_state, spec), "test")
 
 

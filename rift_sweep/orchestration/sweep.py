@@ -27,7 +27,7 @@ from rift_sweep import names
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState
 from rift_sweep.core.interpolate import interpolate_state
-from rift_sweep.procedure.experiment import Experiment, load_experiment
+from rift_sweep.procedure.experiment import Experiment, load_experiment, worker_experiment
 from rift_sweep.procedure.finetune_cache import (
     finetune_key,
     load_finetune,
@@ -155,7 +155,7 @@ def trial_choice(config: SweepConfig, params: dict, modules: list[str]) -> tuple
 def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val: dict) -> None:
     """One Tune trial: fine-tune (or reuse), evaluate the α path on validation, report the trial's α."""
     start = time.perf_counter()
-    exp = load_experiment(config)
+    exp = worker_experiment(config)
     module, settings, alpha = trial_choice(config, params, modules)
     key = finetune_key(config, exp.checkpoint_sha256, module, settings)
     cached = load_finetune(config, key)
@@ -377,7 +377,10 @@ def _new_tuner(
     return Tuner(
         trainable,
         tune_config=TuneConfig(
-            num_samples=num_samples, search_alg=searcher, max_concurrent_trials=min(config.search.max_concurrent, slots)
+            num_samples=num_samples,
+            search_alg=searcher,
+            max_concurrent_trials=min(config.search.max_concurrent, slots),
+            reuse_actors=True,  # a new trial in the last one's process: no start-up, its Experiment already loaded
         ),
         run_config=RunConfig(
             name=path.name,

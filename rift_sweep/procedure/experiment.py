@@ -136,7 +136,7 @@ class Experiment:
         info = self.splits.info
         split = getattr(self.splits, split_name)
         wnids = tiny_imagenet_wnids(self.config.data.root) if info.name == "tiny-imagenet" else None
-        full = load_ood(
+        return load_ood(
             split,
             dataset=info.name,
             root=ood.root,
@@ -147,8 +147,8 @@ class Experiment:
             use_real=split_name == "test",
             wnids=wnids,
             progress=True,
+            per_corruption=ood.per_corruption,
         )
-        return full.subset(ood.per_corruption, seed=self.config.seed)
 
     def examples(
         self, state: StateDict, split_name: str = "test", *, runs: int = 1, among: torch.Tensor | None = None
@@ -295,6 +295,20 @@ def load_experiment(
     if check:
         check_at_model(exp)
     return exp
+
+
+_LOADED: dict[str, Experiment] = {}
+
+
+def worker_experiment(config: SweepConfig) -> Experiment:
+    """`load_experiment(config)`, once per process: Ray reuses its worker processes (tasks, and Tune's trial actors),
+    so data, θ_AT and the OOD sets load once rather than per trial or task. Every use loads its state into the
+    working model first (Experiment.load_state), so nothing an earlier trial left there leaks into the next."""
+    key = repr(config)
+    if key not in _LOADED:
+        _LOADED.clear()  # one sweep per process at a time: keep only its own
+        _LOADED[key] = load_experiment(config)
+    return _LOADED[key]
 
 
 SANITY_EXAMPLES = 256  # validation images for the load-time check: a few seconds even for a large model on CPU

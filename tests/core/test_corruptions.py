@@ -318,6 +318,19 @@ def test_generated_set_is_written_once_in_the_cifar_c_layout(tmp_path, small_spl
         assert torch.equal(second.sets[name].y, ood.sets[name].y)
 
 
+def test_a_subset_generates_only_the_source_images_it_keeps(tmp_path, small_split):
+    kwargs = dict(dataset="cifar10", root=None, seed=2, corruptions=["contrast", "fog"], severities=(1, 4))
+    full = load_ood(small_split, cache_dir=tmp_path / "full", **kwargs)
+    few = load_ood(small_split, cache_dir=tmp_path / "few", per_corruption=6, **kwargs)  # 3 per severity
+    (folder,) = [p for p in (tmp_path / "few").iterdir() if not p.name.startswith(".")]
+    assert json.loads((folder / "info.json").read_text())["images_per_severity"] == 3  # not the split's 10
+    kept = full.subset(6, seed=2)
+    for name in kwargs["corruptions"]:  # the same source images as subsetting the whole generated copy
+        assert torch.equal(few.sets[name].y, kept.sets[name].y) and few.sets[name].x.shape == kept.sets[name].x.shape
+    # contrast draws no noise: the kept images' corrupted copies are the very same
+    assert torch.equal(few.sets["contrast"].x, kept.sets["contrast"].x)
+
+
 def test_generated_cache_key_follows_inputs(tmp_path, small_split):
     kwargs = dict(dataset="digits", seed=0, corruptions=["contrast"], severities=(1, 3))
     first = generate_c(small_split, tmp_path, **kwargs)
