@@ -218,7 +218,13 @@ def _finetune_and_evaluate(
 
     eval_start = time.perf_counter()
     path = alpha_path(
-        exp, result.best_state, at_val, progress=False, known=done, on_point=report_point, in_full=(in_full,)
+        exp,
+        result.best_state,
+        at_val,
+        progress=False,
+        known=done,
+        on_point=report_point,
+        in_full=[] if in_full is None else [in_full],
     )
     return {
         "alpha_points_evaluated": len(evaluated),

@@ -82,7 +82,7 @@ def alpha_path(
     progress: bool = True,
     known: Mapping[float, dict] | None = None,
     on_point: Callable[[dict], None] | None = None,
-    in_full: Collection[float | None] = (),
+    in_full: Collection[float] = (),
 ) -> list[dict[str, float]]:
     """Validation metrics of θ_α for every α of `alpha.grid` (fine-tuning paid once, α costs evaluation only).
 

@@ -92,3 +92,13 @@ def test_without_screening_each_point_is_final_as_soon_as_it_is_measured(paths):
     again = alpha_path(unscreened, best, at_val, progress=False, on_point=lambda row: spent.append(cost.gradient_evals))
     assert len(spent) == len(GRID) - 1 and all(a < b for a, b in zip(spent, spent[1:]))
     assert [r["rob_acc"] for r in again] == [r["rob_acc"] for r in full]
+
+
+def test_a_point_asked_in_full_is_never_left_screened(paths):
+    exp, best, at_val, full, screened, _ = paths
+    n = len(exp.splits.val)
+    alpha = next(r["alpha"] for r in screened if r[ROB_IMAGES] < n)  # a point screening settles on its own
+    again = alpha_path(exp, best, at_val, progress=False, in_full=[alpha])
+    [mine] = [r for r in again if r["alpha"] == alpha]
+    [theirs] = [r for r in full if r["alpha"] == alpha]
+    assert mine[ROB_IMAGES] == n and abs(mine["rob_acc"] - theirs["rob_acc"]) <= 100 / n + 1e-9
