@@ -11,6 +11,7 @@ resolved against the folder of the file that sets them; `output_dir` against the
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -178,6 +179,12 @@ class AlphaConfig:
             raise ValueError(f"screen must lie in (0, 1] (1 turns screening off); got {self.screen}")
 
 
+def on_lattice(value: float, low: float, step: float) -> bool:
+    """Whether `value` is low + k * step for a whole k (up to float rounding: 0.6 is 0 + 3 * 0.2)."""
+    steps = (value - low) / step
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
+
+
 @dataclass(frozen=True)
 class Range:
     low: float
@@ -193,8 +200,7 @@ class Range:
         if self.step is not None:
             if self.log or self.step <= 0:
                 raise ValueError(f"step must be > 0 on a linear range (Optuna has no log lattice); got {self.step}")
-            count = (self.high - self.low) / self.step
-            if abs(count - round(count)) > 1e-9:
+            if not on_lattice(self.high, self.low, self.step):
                 raise ValueError(
                     f"high - low ({self.high - self.low:g}) must be a whole number of steps ({self.step:g})"
                 )

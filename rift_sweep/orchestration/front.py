@@ -68,7 +68,8 @@ def model_examples(
     ("ood") of each model on `split` (worst of attack.test_runs on test). Each model's images are split into one
     contiguous chunk per worker (`robust_examples(among=...)` gives every image the starts it gets in one call),
     so every worker stays busy until the last model is done."""
-    shape, chunks = _shape(), worker_shape().count
+    workers = worker_shape()
+    shape, chunks = {"num_cpus": workers.num_cpus, "num_gpus": workers.num_gpus}, workers.count
     pending = {
         key: [_examples_task.options(**shape).remote(config, spec, split, c, chunks) for c in range(chunks)]
         for key, spec in specs.items()
@@ -229,11 +230,6 @@ def _model_key(trial: dict) -> str:
 
 def _spec(trial: dict | None) -> dict | None:
     return None if trial is None else {"finetune_key": trial["finetune_key"], "alpha": trial["alpha"]}
-
-
-def _shape() -> dict:
-    shape = worker_shape()
-    return {"num_cpus": shape.num_cpus, "num_gpus": shape.num_gpus}
 
 
 def trial_model(config: SweepConfig, trial: dict) -> torch.nn.Module:

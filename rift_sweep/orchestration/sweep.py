@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from rift_sweep import names
-from rift_sweep.config import SweepConfig
+from rift_sweep.config import SweepConfig, on_lattice
 from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState
 from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.procedure.experiment import Experiment, load_experiment, worker_experiment
@@ -112,10 +112,7 @@ class MultiObjectiveOptunaSearch(OptunaSearch):
 def _allows(distribution: optuna.distributions.FloatDistribution, value: float) -> bool:
     """Whether `value` lies in the range and, when it has a step, on its lattice (else Optuna refuses the point)."""
     inside = distribution.low <= value <= distribution.high
-    if distribution.step is None:
-        return inside
-    steps = (value - distribution.low) / distribution.step
-    return inside and math.isclose(steps, round(steps), abs_tol=1e-9)
+    return inside and (distribution.step is None or on_lattice(value, distribution.low, distribution.step))
 
 
 def make_searcher(
