@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from rift_sweep.core.data import to_unit
 from rift_sweep.core.models import only_trainable
 
 
@@ -134,14 +135,14 @@ class PGD:
         `robust_correct`, which also counts examples fooled only at an intermediate step.
 
         The random starts are drawn on `generator`'s device (the global CPU generator when None) and moved
-        to x's device, so a CPU generator gives the same starts on every device. `amp` runs the model's
-        forward under autocast (bf16 where supported, else fp16) on CUDA; the perturbation stays fp32.
-        It is ignored on other devices. `cost`, when given, is incremented by the passes spent.
+        to x's device, so a CPU generator gives the same starts on every device. `amp` runs the gradient steps'
+        forward under autocast on CUDA (see `amp_dtype`); the perturbation, and the comparison of restarts, stay
+        fp32. It is ignored on other devices. `cost`, when given, is incremented by the passes spent.
         """
         _check_batch(model, x, y)
         if len(x) == 0:
             return x.detach().clone()
-        amp_dtype = _amp_dtype() if amp and x.device.type == "cuda" else None
+        amp_dtype = amp_dtype_for(x.device) if amp else None
         starts = self._draw_starts(x, generator)
         cost = cost if cost is not None else AttackCost()
         # Frozen parameters: the forward saves nothing for weight gradients, and BatchNorm's backward does less work.
@@ -155,7 +156,7 @@ class PGD:
             for restart in range(self.restarts):
                 start = _start(starts, restart, todo, x)
                 candidate = self._attack_once(model, x[todo], y[todo], start, amp_dtype, cost)
-                adv, best_loss, fooled = _keep_worst(model, candidate, y, todo, adv, best_loss, amp_dtype, cost)
+                adv, best_loss, fooled = _keep_worst(model, candidate, y, todo, adv, best_loss, cost)
                 todo = todo[~fooled]
                 if len(todo) == 0:
                     break
@@ -183,9 +184,11 @@ class PGD:
         between batch sizes), and usually a few fewer.
 
         Cost: one fp32 forward per example for the clean check; per step, one forward+backward per example
-        still standing, whose logits (at the current iterate, under autocast when `amp`) also decide who is
-        fooled there, so no extra forward is spent; after the last step one fp32 forward on the survivors
-        judges the last iterate. `cost`, when given, is incremented by these passes.
+        still standing, whose logits (at the current iterate) also decide who is fooled there, so no extra
+        forward is spent; after the last step one fp32 forward on the survivors judges the last iterate. With
+        `amp` (CUDA only, see `amp_dtype`) the step's half-precision logits only propose who is fooled: each
+        proposed example is judged again by an fp32 forward, so every verdict is fp32's. `cost`, when given, is
+        incremented by these passes.
 
         `skip`: bool [N], examples already known broken (e.g. by an earlier run); they are reported False
         without any pass. The random starts are still drawn for the whole batch, so the other examples get
@@ -200,7 +203,7 @@ class PGD:
         starts = self._draw_starts(x, generator)
         if len(x) == 0:
             return robust
-        amp_dtype = _amp_dtype() if amp and x.device.type == "cuda" else None
+        amp_dtype = amp_dtype_for(x.device) if amp else None
         cost = cost if cost is not None else AttackCost()
         rows = torch.arange(len(x), device=x.device) if skip is None else (~skip.to(x.device)).nonzero().squeeze(1)
         with eval_mode(model), only_trainable(model), torch.inference_mode(False), torch.enable_grad():
@@ -229,7 +232,8 @@ class PGD:
     ) -> Tensor:
         """Bool [len(x)]: True where no iterate of one PGD run from `start` fools the model.
 
-        Each step's forward both gives the gradient and judges the current iterate; fooled rows leave the batch.
+        Each step's forward both gives the gradient and judges the current iterate (in fp32: under autocast its
+        verdict "fooled" is checked by an fp32 forward on those rows); fooled rows leave the batch.
         """
         lower, upper = self._box(x)
         adv = (x + start).clamp_(lower, upper)
@@ -237,6 +241,9 @@ class PGD:
         for _ in range(self.steps):
             logits, grad = _logits_and_gradient(model, adv, y, amp_dtype, cost)
             held = logits.argmax(dim=1) == y
+            if amp_dtype is not None and not held.all():
+                proposed = ~held
+                held[proposed] = _predicts(model, adv[proposed], y[proposed], cost)
             if not held.all():
                 rows, adv, grad, y, lower, upper = (t[held] for t in (rows, adv, grad, y, lower, upper))
                 if len(rows) == 0:
@@ -275,15 +282,21 @@ def _start(starts: Tensor | None, restart: int, rows: Tensor | None, x: Tensor) 
 def _logits_and_gradient(
     model: nn.Module, adv: Tensor, y: Tensor, amp_dtype: torch.dtype | None, cost: AttackCost
 ) -> tuple[Tensor, Tensor]:
-    """fp32 logits at `adv` and the gradient of the summed cross-entropy with respect to it: one pass per example."""
+    """Logits at `adv` (as float32) and the gradient of the summed cross-entropy with respect to it: one pass per
+    example. Under fp16 the loss is scaled by FP16_LOSS_SCALE before the backward pass, so small input gradients
+    (robust models have them) do not underflow to 0, whose sign would stall the attack; a step whose scaled gradient
+    overflows is computed again in fp32."""
     adv = adv.detach().requires_grad_(True)
+    scale = FP16_LOSS_SCALE if amp_dtype == torch.float16 else 1.0
     with _autocast(adv.device, amp_dtype):
         logits = model(adv)
     logits = logits.float()
     # Summed, not averaged: the same gradient signs, but unscaled by 1/N, so half precision underflows less.
-    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), adv)
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum") * scale, adv)
     cost.gradient_evals += len(adv)
-    return logits.detach(), grad
+    if scale != 1.0 and not torch.isfinite(grad).all():
+        return _logits_and_gradient(model, adv, y, None, cost)
+    return logits.detach(), grad.div_(scale)
 
 
 def _predicts(model: nn.Module, x: Tensor, y: Tensor, cost: AttackCost) -> Tensor:
@@ -303,14 +316,13 @@ def _keep_worst(
     todo: Tensor,
     adv: Tensor,
     best_loss: Tensor,
-    amp_dtype: torch.dtype | None,
     cost: AttackCost,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Merge one restart's examples (for rows `todo`) into the worst case so far; also return which are fooled."""
-    with torch.no_grad(), _autocast(candidate.device, amp_dtype):
-        logits = model(candidate)
+    """Merge one restart's examples (for rows `todo`) into the worst case so far (by fp32 logits); also return which
+    are fooled."""
+    with torch.no_grad():
+        logits = model(candidate).float()
     cost.forward_evals += len(candidate)
-    logits = logits.float()
     labels = y[todo]
     loss = F.cross_entropy(logits, labels, reduction="none")
     fooled = logits.argmax(dim=1) != labels
@@ -322,8 +334,15 @@ def _keep_worst(
     return adv, best_loss, fooled
 
 
-def _amp_dtype() -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+FP16_LOSS_SCALE = 2.0**16  # GradScaler's initial scale; only the gradient's sign is used, so any scale is exact
+
+
+def amp_dtype_for(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an `amp` attack on `device`: bf16 where the GPU has it natively (Ampere and newer),
+    else fp16 with a loss scale (T4, V100: emulated bf16 is slower than fp32); None (fp32) off CUDA."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
@@ -387,7 +406,7 @@ def image_batches(
         raise ValueError(f"{len(images)} images but {len(labels)} labels; they must match")
     for start in range(0, len(labels), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        x = to_unit(x) if x.dtype == torch.uint8 else x.float()
         yield x, labels[start : start + batch_size].to(device, non_blocking=True)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rift_sweep.core.attacks import LabelledImages, check_model_device, eval_mode, image_batches
+from rift_sweep.core.models import only_trainable
 
 PACKAGE = "pyautoattack"
 
@@ -38,7 +39,8 @@ def autoattack_examples(
 
     check_model_device(model, device)
     x = torch.cat([xb for xb, _ in image_batches(split.x, split.y, batch_size, "cpu")])
-    with eval_mode(model):
+    # Frozen weights: FAB's .backward() would otherwise also compute (and leave behind) every weight's gradient.
+    with eval_mode(model), only_trainable(model):
         attack = AutoAttack(model, eps=eps, norm="Linf", version="standard", device=device, seed=seed)
         attack.verbose = False
         _, predicted = attack.run_standard_evaluation(x, split.y, batch_size=batch_size)

@@ -180,6 +180,12 @@ def load_splits(
     )
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images → float32 in [0, 1], by the same operation on every device: CUDA computes `x / 255` as
+    x * (1/255) while the CPU divides (126 of the 256 byte values then differ in the last bit), so multiply."""
+    return images.float().mul_(1 / 255)
+
+
 def iterate_batches(
     split: Split,
     batch_size: int,
@@ -204,7 +210,7 @@ def iterate_batches(
         if drop_last and len(indices) < batch_size:
             return
         # Move uint8 (4x fewer bytes than float) and convert on the device.
-        x = split.x[indices.to(split.x.device)].to(device, non_blocking=True).float().div_(255)
+        x = to_unit(split.x[indices.to(split.x.device)].to(device, non_blocking=True))
         y = split.y[indices.to(split.y.device)].to(device, non_blocking=True)
         yield augment_batch(x, augment, crop_padding, generator), y
 

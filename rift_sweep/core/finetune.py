@@ -55,22 +55,38 @@ class FinetuneSettings:
 
 @dataclass
 class FinetuneState:
-    """Everything needed to carry on after `epochs_done` epochs (saved in trial checkpoints)."""
+    """Everything needed to carry on after `epochs_done` epochs (saved in trial checkpoints): only the entries
+    fine-tuning changes (`tuned_keys`), now and at the best epoch, and the optimizer's momentum for the one weight —
+    a few MB even for WRN-34-10, whose whole state is 180 MB."""
 
     epochs_done: int = 0
-    model_state: StateDict | None = None
+    model_state: StateDict | None = None  # the tuned entries after `epochs_done` epochs
     optimizer_state: dict | None = None
     val_acc: list[float] = field(default_factory=list)
     best_epoch: int = 0  # 1-based; 0 = none yet
-    best_state: StateDict | None = None
+    best_state: StateDict | None = None  # the tuned entries at the best epoch
 
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    best_state: StateDict  # full model state of the best epoch, on CPU
+    best_state: StateDict  # the tuned entries (`tuned_keys`) at the best epoch, on CPU; every other entry is θ_AT's
     best_epoch: int
     val_acc: list[float]  # validation standard accuracy after each epoch
     seconds: float
+
+
+def tuned_keys(model: nn.Module, module_name: str, bn: str) -> list[str]:
+    """The state entries fine-tuning changes: the module's weight; with bn "adapt" also every BatchNorm statistic."""
+    keys = [f"{module_name}.weight"]
+    if bn == "adapt":
+        keys += [
+            f"{name}.{buffer}" if name else buffer
+            for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for buffer, value in module.named_buffers(recurse=False)
+            if value is not None
+        ]
+    return keys
 
 
 def finetune_module(
@@ -98,23 +114,25 @@ def finetune_module(
     optimizer = torch.optim.SGD(
         [weight], lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
+    keys = tuned_keys(model, module_name, settings.bn)
     state = resume or FinetuneState()
     if resume is not None:
-        model.load_state_dict(resume.model_state)
+        model.load_state_dict(resume.model_state, strict=False)  # the model holds θ_AT everywhere else
         optimizer.load_state_dict(resume.optimizer_state)
     epochs = range(state.epochs_done, settings.epochs)
     with only_trainable(model, weight):
         for epoch in tqdm(epochs, desc=f"fine-tune {module_name}", disable=not progress, leave=False):
             _train_one_epoch(model, optimizer, train, settings, epoch, augment, crop_padding, seed, device)
             state.val_acc.append(accuracy(model, val, batch_size=256, device=device))
+            tuned = cpu_copy({k: v for k, v in model.state_dict().items() if k in keys})
             if state.best_epoch == 0 or state.val_acc[-1] > state.val_acc[state.best_epoch - 1]:
-                state.best_epoch, state.best_state = epoch + 1, cpu_copy(model.state_dict())
+                state.best_epoch, state.best_state = epoch + 1, tuned
             state.epochs_done = epoch + 1
-            state.model_state = cpu_copy(model.state_dict())
+            state.model_state = tuned
             state.optimizer_state = copy.deepcopy(optimizer.state_dict())
             if on_epoch is not None:
                 on_epoch(state)
-    model.load_state_dict(state.best_state)
+    model.load_state_dict(state.best_state, strict=False)
     return FinetuneResult(state.best_state, state.best_epoch, list(state.val_acc), time.perf_counter() - start)
 
 

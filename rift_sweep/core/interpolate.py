@@ -16,20 +16,20 @@ def check_alpha(alpha: float) -> float:
 
 
 def interpolate_state(at_state: StateDict, ft_state: StateDict, alpha: float) -> StateDict:
-    """Interpolate two state dicts of the same architecture.
+    """Interpolate two state dicts of the same architecture; `ft_state` may hold only the entries fine-tuning
+    changed (finetune.tuned_keys): every other entry is θ_AT's at any α.
 
     torch.lerp is exact at both ends (α = 0 returns θ_AT bit for bit, α = 1 returns θ_FT), so the α path's
     endpoints are the two models themselves. Integer entries (BatchNorm's num_batches_tracked) are counters,
     not weights: they are rounded from the same interpolation.
     """
     alpha = check_alpha(alpha)
-    if at_state.keys() != ft_state.keys():
-        only_at = sorted(at_state.keys() - ft_state.keys())
-        only_ft = sorted(ft_state.keys() - at_state.keys())
-        raise ValueError(f"state dicts differ in keys: only in AT {only_at}, only in fine-tuned {only_ft}")
-    mixed = {}
-    for key, a in at_state.items():
-        b = ft_state[key]
+    unknown = sorted(ft_state.keys() - at_state.keys())
+    if unknown:
+        raise ValueError(f"the fine-tuned state has entries the AT model lacks: {unknown}")
+    mixed = dict(at_state)
+    for key, b in ft_state.items():
+        a = at_state[key]
         if a.shape != b.shape:
             raise ValueError(f"state entry {key!r} has shape {tuple(a.shape)} in AT but {tuple(b.shape)} in fine-tuned")
         if a.is_floating_point():

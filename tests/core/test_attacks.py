@@ -356,3 +356,29 @@ def test_cuda_matches_cpu_and_runs_with_amp(model, batch):
     robust = pgd.robust_correct(gpu_model, x.cuda(), y.cuda(), generator=seeded(0), amp=True)
     assert robust.device.type == "cuda" and robust.dtype == torch.bool
     assert robust.sum() < correct(gpu_model, x.cuda(), y.cuda()).sum()
+
+
+def test_fp16_attack_gradients_are_loss_scaled_so_small_gradients_keep_their_sign():
+    """Robust models have small input gradients; in fp16 they underflow to 0 (sign 0: the attack stalls) unless the
+    loss is scaled. CPU autocast runs the same fp16 arithmetic as CUDA's here."""
+    from rift_sweep.core import attacks
+
+    torch.manual_seed(0)
+    model = small_cnn().eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(1e-4)  # input gradients ~1e-8: below fp16's smallest subnormal (6e-8)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    _, exact = attacks._logits_and_gradient(model, x, y, None, AttackCost())
+    _, scaled = attacks._logits_and_gradient(model, x, y, torch.float16, AttackCost())
+    assert (exact != 0).all()
+    assert (scaled.sign() == exact.sign()).float().mean() > 0.95
+    assert scaled.norm() / exact.norm() == pytest.approx(1, rel=0.05)  # unscaled again: the gradient's own size
+
+
+def test_amp_is_bf16_only_where_native_and_never_off_cuda():
+    from rift_sweep.core.attacks import amp_dtype_for
+
+    assert amp_dtype_for(torch.device("cpu")) is None
+    if torch.cuda.is_available():
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        assert amp_dtype_for(torch.device("cuda")) == (torch.bfloat16 if native else torch.float16)

@@ -41,8 +41,17 @@ def test_alpha_outside_unit_interval_is_refused(alpha):
         interpolate_state(a, b, alpha)
 
 
-def test_mismatched_state_dicts_are_refused():
+def test_a_partial_fine_tuned_state_moves_only_its_entries():
     a, b = two_states()
-    b.pop(next(iter(b)))
-    with pytest.raises(ValueError, match="differ in keys"):
+    key = "conv2.weight"
+    mixed = interpolate_state(a, {key: b[key]}, 0.5)
+    assert mixed.keys() == a.keys()
+    torch.testing.assert_close(mixed[key], (a[key] + b[key]) / 2)
+    assert all(torch.equal(mixed[k], a[k]) for k in a if k != key)
+
+
+def test_entries_the_at_model_lacks_are_refused():
+    a, b = two_states()
+    a.pop("conv2.weight")
+    with pytest.raises(ValueError, match="lacks.*conv2.weight"):
         interpolate_state(a, b, 0.5)
