@@ -223,7 +223,8 @@ class SearchConfig:
         }
     )
     num_samples: int = 16
-    max_concurrent: int = 2
+    max_concurrent: int = 2  # trials at once, at most; on GPUs also at most GPUs x trials_per_gpu
+    trials_per_gpu: int = 1  # trials sharing one GPU (each gets 1/n of it and of its node's CPUs); README: why 1
     sampler: Literal["tpe", "gp", "nsga2"] = "tpe"  # README "How the sweep spends compute": why TPE
     seed: int = 0
     start_from_paper: bool = True  # the first trial is the paper's (finetune.lr, finetune.epochs): the sweep's
@@ -250,6 +251,8 @@ class SearchConfig:
             raise ValueError(f"num_samples must be >= 1; got {self.num_samples}")
         if self.max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1; got {self.max_concurrent}")
+        if self.trials_per_gpu < 1:
+            raise ValueError(f"trials_per_gpu must be >= 1 (trials sharing one GPU); got {self.trials_per_gpu}")
         if len(set(self.objectives)) != len(self.objectives) or not {"std_acc", "rob_acc"} <= set(self.objectives):
             raise ValueError(
                 f"objectives must include std_acc and rob_acc once each (ood_acc optional); got {list(self.objectives)}"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import glob
+import json
 import pickle
 import socket
 import sqlite3
 import time
-from contextlib import closing
+from collections import defaultdict
+from contextlib import closing, contextmanager
 
 import pytest
 import torch
@@ -112,18 +114,60 @@ def digits_config(tmp_path, digits_checkpoint):
 
 
 @pytest.fixture()
-def gpu_cluster():
-    """Three Ray nodes in this machine: a head without GPUs and two workers with one made-up GPU each."""
+def fake_gpus(tmp_path, monkeypatch):
+    """The test-only switch (orchestration.devices.FAKE_GPUS_ENV): a worker holding a declared GPU that torch cannot
+    see computes on the CPU instead of failing, and logs each job with the GPU it held to the returned file. Set
+    before a cluster starts, so its nodes' workers inherit it."""
+    from rift_sweep.orchestration.devices import FAKE_GPUS_ENV
+
+    log = tmp_path / "gpu_jobs.jsonl"
+    monkeypatch.setenv(FAKE_GPUS_ENV, str(log))
+    return log
+
+
+def gpu_jobs(log) -> list[dict]:
+    """The fake-GPU log's records: one per job a GPU worker ran (what, pid, node, the GPU it held, start, end)."""
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def gpu_of(job: dict) -> tuple[str, str]:
+    return job["node"], job["cuda_visible_devices"]
+
+
+def most_at_once(jobs: list[dict]) -> dict[tuple[str, str], int]:
+    """Per GPU (node, id): the most jobs that ran on it at the same time."""
+    events = sorted((j[kind], +1 if kind == "start" else -1, gpu_of(j)) for j in jobs for kind in ("start", "end"))
+    running, peak = defaultdict(int), defaultdict(int)
+    for _, step, gpu in events:  # at the same instant an end (-1) sorts before a start
+        running[gpu] += step
+        peak[gpu] = max(peak[gpu], running[gpu])
+    return dict(peak)
+
+
+@contextmanager
+def ray_cluster(*gpu_nodes: tuple[int, int], join: bool = True):
+    """A head without GPUs (1 CPU) and one node per (CPUs, declared GPUs), all in this machine; joined unless
+    `join` is False (then `ray.init()` finds it as it finds a cluster made by `ray start`)."""
     import ray
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-    ray.init(address=cluster.address)
+    workers = [cluster.add_node(num_cpus=cpus, num_gpus=gpus) for cpus, gpus in gpu_nodes]
     cluster.wait_for_nodes()
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
+    if join:
+        ray.init(address=cluster.address)
+    try:
+        yield cluster, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture()
+def gpu_cluster(fake_gpus):
+    """Three Ray nodes in this machine: a head without GPUs and two workers with one made-up GPU each."""
+    with ray_cluster((1, 1), (1, 1)) as made:
+        yield made
 
 
 def wait_for(probe, timeout: float, interval: float = 0.3):

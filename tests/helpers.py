@@ -1,4 +1,4 @@
-"""One way to skip: `@requires("cuda")`, `@requires("fashion-mnist")`, `@requires("chromium")`, `@requires("sshd")`.
+"""One way to skip: `@requires("cuda" | "fashion-mnist" | "chromium" | "sshd" | "namespaces")`.
 
 Each names what is missing and how to get it.
 """
@@ -18,16 +18,22 @@ CHROMIUM = "/usr/bin/chromium"
 SSHD = "/usr/sbin/sshd"
 
 
-def _missing_sshd() -> str | None:
+def _missing_namespaces() -> str | None:
     if os.geteuid() != 0:
-        return "needs root (an SSH server in its own namespaces, logging in as root)"
-    for tool in (SSHD, "ssh", "rsync", "nc", "unshare"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found: run `bash scripts/setup_system.sh test` as root (openssh-server, rsync, netcat)"
+        return "needs root (processes in their own PID and mount namespaces)"
+    if shutil.which("unshare") is None:
+        return "unshare not found (util-linux)"
     probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, check=False)
     if probe.returncode != 0:
         return f"cannot make PID/mount namespaces here: {probe.stderr.decode().strip()}"
     return None
+
+
+def _missing_sshd() -> str | None:
+    for tool in (SSHD, "ssh", "rsync", "nc"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found: run `bash scripts/setup_system.sh test` as root (openssh-server, rsync, netcat)"
+    return _missing_namespaces()
 
 
 def missing(what: str) -> str | None:
@@ -41,6 +47,8 @@ def missing(what: str) -> str | None:
         return None if os.access(CHROMIUM, os.X_OK) else f"{CHROMIUM} not found: scripts/setup_system.sh test"
     if what == "sshd":
         return _missing_sshd()
+    if what == "namespaces":
+        return _missing_namespaces()
     raise ValueError(f"unknown requirement {what!r}")
 
 

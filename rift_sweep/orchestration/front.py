@@ -20,78 +20,62 @@ from rift_sweep import names
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.data import dataset_info
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.selection import paper_rule, pareto_mask
 from rift_sweep.orchestration.callbacks import is_accuracy
 from rift_sweep.orchestration.resources import worker_shape
 from rift_sweep.orchestration.tracking import SweepTracker, child_runs
-from rift_sweep.procedure.experiment import load_at_model, worker_experiment
-from rift_sweep.procedure.finetune_cache import load_finetune
+from rift_sweep.orchestration.workers import WorkerPool
+from rift_sweep.procedure.experiment import Experiment, load_at_model, load_experiment
+from rift_sweep.procedure.finetune_cache import load_finetune, spec_state
 from rift_sweep.procedure.plots import pareto_chart
 from rift_sweep.procedure.steps import alpha_points, model_metrics, versus_at
 from rift_sweep.procedure.tables import FrontReport, format_front
 
-
-def spec_state(config: SweepConfig, at_state: dict, spec: dict | None) -> dict:
-    """θ_AT (spec None) or θ_AT interpolated towards the cached fine-tune `spec["finetune_key"]` at spec["alpha"]."""
-    if spec is None:
-        return at_state
-    cached = load_finetune(config, spec["finetune_key"])
-    if cached is None:
-        raise InputError(
-            f"the fine-tune {spec['finetune_key']} is not in the cache under {config.output_path}; "
-            f"was the output folder moved or cleaned?"
-        )
-    return interpolate_state(at_state, cached["best_state"], spec["alpha"])
-
-
-@ray.remote
-def _examples_task(config: SweepConfig, spec: dict | None, split: str, chunk: int, chunks: int) -> dict:
-    exp = worker_experiment(config)
-    state = spec_state(config, exp.at_state, spec)
-    n = len(getattr(exp.splits, split))
-    runs = config.attack.test_runs if split == "test" else 1
-    examples = exp.examples(state, split, runs=runs, among=torch.arange(n) * chunks // n == chunk)
-    return {**examples, "ood": exp.ood_metrics(state, split) if chunk == 0 else {}}
-
-
-@ray.remote
-def _autoattack_task(config: SweepConfig, spec: dict | None) -> np.ndarray:
-    exp = worker_experiment(config)
-    return exp.autoattack(spec_state(config, exp.at_state, spec), "test")
+AT = "at"  # model_examples' key of the AT model
+AUTOATTACK = "autoattack"  # model_examples' job of a model's AutoAttack run
 
 
 def model_examples(
-    config: SweepConfig, split: str, specs: dict[str, dict | None], autoattack: Collection[str] = ()
+    pool: WorkerPool, split: str, specs: dict[str, dict | None], autoattack: Collection[str] = ()
 ) -> dict[str, dict]:
     """Per-example correctness ("clean", "robust"; "autoattack" for the keys in `autoattack`) and OOD metrics
     ("ood") of each model on `split` (worst of attack.test_runs on test). Each model's images are split into one
     contiguous chunk per worker (`robust_examples(among=...)` gives every image the starts it gets in one call),
-    so every worker stays busy until the last model is done."""
-    workers = worker_shape()
-    shape, chunks = {"num_cpus": workers.num_cpus, "num_gpus": workers.num_gpus}, workers.count
-    pending = {
-        key: [_examples_task.options(**shape).remote(config, spec, split, c, chunks) for c in range(chunks)]
-        for key, spec in specs.items()
-    }
-    attacks = {key: _autoattack_task.options(**shape).remote(config, specs[key]) for key in autoattack}
+    and the pool hands the chunks out to whichever worker is free, so every GPU stays busy until the last model is
+    done; AutoAttack runs go first, being the longest."""
+    chunks = pool.shape.count
+    jobs = [(key, AUTOATTACK) for key in autoattack] + [(key, c) for key in specs for c in range(chunks)]
+
+    def call(actor, job):
+        key, part = job
+        if part == AUTOATTACK:
+            return actor.autoattack.remote(specs[key])
+        return actor.examples.remote(specs[key], split, part, chunks)
+
+    done = dict(pool.run(jobs, call))
     results = {}
-    for key, refs in pending.items():
-        parts = ray.get(refs)
+    for key in specs:
+        parts = [done[(key, c)] for c in range(chunks)]
         results[key] = {
             "clean": parts[0]["clean"],
             "robust": np.logical_or.reduce([part["robust"] for part in parts]),
             "ood": parts[0]["ood"],
         }
-        if key in attacks:
-            results[key]["autoattack"] = ray.get(attacks[key])
+        if key in autoattack:
+            results[key]["autoattack"] = done[(key, AUTOATTACK)]
     return results
 
 
-def at_metrics(tracker: SweepTracker, split: str) -> dict[str, float]:
-    """The AT model's metrics on a split, computed once and kept on the parent run."""
+def front_pool(config: SweepConfig, exp: Experiment | None = None) -> WorkerPool:
+    """The front's workers (one per GPU, else per CPU slot) with the experiment, its test OOD set built here once."""
+    exp = exp or load_experiment(config, device="cpu")
+    return WorkerPool(config, ray.put(exp.portable("test")), worker_shape(config.device))
+
+
+def at_metrics(tracker: SweepTracker, split: str, pool: WorkerPool) -> dict[str, float]:
+    """The AT model's metrics on a split, computed once (on `pool`) and kept on the parent run."""
     return tracker.logged_at_metrics(split) or tracker.log_at_metrics(
-        split, model_metrics(model_examples(tracker.config, split, {AT: None})[AT])
+        split, model_metrics(model_examples(pool, split, {AT: None})[AT])
     )
 
 
@@ -114,8 +98,9 @@ def collect_trials(tracker: SweepTracker) -> list[dict]:
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
-def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
-    """Tag the non-dominated trials and the recommended model, evaluate them on test, log it all on the parent."""
+def publish_front(config: SweepConfig, tracker: SweepTracker, exp: Experiment | None = None) -> FrontReport:
+    """Tag the non-dominated trials and the recommended model, evaluate them on test, log it all on the parent.
+    `exp`: the driver's experiment (loaded here when not given)."""
     trials = collect_trials(tracker)
     if not trials:
         raise InputError(f"sweep {config.name!r} has no finished trial yet; run `rift-sweep sweep` (or --resume) first")
@@ -124,7 +109,7 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
     for trial, on_front in zip(trials, mask):
         trial["on_front"] = bool(on_front)
         tracker.client.set_tag(trial["run_id"], names.PARETO_TAG, "true" if on_front else "false")
-    at_val = at_metrics(tracker, "val")
+    at_val = tracker.logged_at_metrics("val")
     unique = {t["finetune_key"]: t for t in reversed(trials)}.values()  # one per fine-tune: trials may share one
     points = alpha_points([{**t, "alpha_path": _cached_path(config, t)} for t in unique])
     recommended = recommend(config, tracker, points, at_val)
@@ -137,7 +122,10 @@ def publish_front(config: SweepConfig, tracker: SweepTracker) -> FrontReport:
     if versus or at_test is None:
         specs[AT] = None
     final = {AT, _model_key(recommended)} if versus and config.attack.final == "autoattack" else ()
-    tested = model_examples(config, "test", {k: _spec(v) for k, v in specs.items()}, final)  # on every worker
+    tested = {}
+    if specs:
+        with front_pool(config, exp) as pool:
+            tested = model_examples(pool, "test", {k: _spec(v) for k, v in specs.items()}, final)
     for trial in untested:
         metrics = {names.TEST_PREFIX + k: v for k, v in model_metrics(tested[_model_key(trial)]).items()}
         tracker.log_metrics(trial["run_id"], metrics)
@@ -218,9 +206,6 @@ def _unflatten(flat: dict) -> dict:
 def _cached_path(config: SweepConfig, trial: dict) -> list[dict]:
     cached = load_finetune(config, trial["finetune_key"]) if trial.get("finetune_key") else None
     return (cached or {}).get("alpha_path", [])
-
-
-AT = "at"  # model_examples' key of the AT model
 
 
 def _model_key(trial: dict) -> str:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+
+import ray
 
 from rift_sweep.config import SweepConfig, save_resolved_config
 from rift_sweep.core.errors import InputError
 from rift_sweep.orchestration.front import publish_front
 from rift_sweep.orchestration.mrc_pool import MRCStage, run_mrc_stage
-from rift_sweep.orchestration.preflight import check_ray_address, check_sweep
+from rift_sweep.orchestration.preflight import check_devices, check_ray_address, check_sweep
 from rift_sweep.orchestration.resources import gpus_requested, init_ray, quiet_dependencies
 from rift_sweep.orchestration.sweep import SweepOutcome, run_sweep
 from rift_sweep.orchestration.tracking import SweepTracker, user_code_file
@@ -45,47 +47,64 @@ def launch_sweep(
     verbose: bool = False,
 ) -> SweepResult:
     """`num_samples`: the --num-samples the user gave (already in `config`); on --resume it may only grow."""
-    folder, exp = check_sweep(config, resume=resume, address=address, gpus=gpus)
+    folder, exp = check_sweep(config, resume=resume, address=address)
     if folder.exists:
         config = _resumable(folder.config, config, num_samples)
     quiet_dependencies(verbose)
-    init_ray(address, user_code_env(config), verbose=verbose)
-    save_resolved_config(config)
-    tracker = SweepTracker(config)
-    tracker.client.update_run(tracker.parent_run_id, "RUNNING")
-    status = "FAILED"
-    try:
-        with gpus_requested(gpus), _sigterm_as_interrupt():
-            outcome = run_sweep(config, tracker, workers=workers, progress=progress, verbose=verbose, exp=exp)
-            report = publish_front(config, tracker) if outcome.complete else None
-        status = "FINISHED" if report is not None else "KILLED"
-        return SweepResult(config, outcome, report)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.finish_parent(status)
+    with on_cluster(config, address=address, gpus=gpus, verbose=verbose, progress=progress):
+        save_resolved_config(config)
+        tracker = SweepTracker(config)
+        tracker.client.update_run(tracker.parent_run_id, "RUNNING")
+        status = "FAILED"
+        try:
+            with _sigterm_as_interrupt():
+                outcome = run_sweep(config, tracker, workers=workers, progress=progress, verbose=verbose, exp=exp)
+                report = publish_front(config, tracker, exp) if outcome.complete else None
+            status = "FINISHED" if report is not None else "KILLED"
+            return SweepResult(config, outcome, report)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracker.finish_parent(status)
 
 
 def launch_mrc(
     config: SweepConfig, *, workers: int | None = None, address: str | None = None, gpus: int | None = None
 ) -> tuple[MRCStage, list[str], SweepTracker]:
     """Stage 1 alone: the MRC table (cached, resumable) and the module(s) it chooses, logged on the parent run."""
-    from rift_sweep.orchestration.preflight import check_local_devices, check_tracking
+    from rift_sweep.orchestration.preflight import check_tracking
     from rift_sweep.procedure.experiment import check_module_choice, load_experiment
 
     check_tracking(config)
     check_ray_address(address)
-    check_local_devices(config, address=address, gpus=gpus)
     check_module_choice(config)
     exp = load_experiment(config, device="cpu", check=True)
-    init_ray(address, user_code_env(config))
-    with gpus_requested(gpus):
+    with on_cluster(config, address=address, gpus=gpus, verbose=False, progress=True):
         stage = run_mrc_stage(config, workers=workers, exp=exp)
     chosen = choose_modules([r["module"] for r in stage.rows], config.modules)
     tracker = SweepTracker(config)
     tracker.log_mrc(stage.rows, chosen, stage.table_path)
     return stage, chosen, tracker
+
+
+@contextmanager
+def on_cluster(config: SweepConfig, *, address: str | None, gpus: int | None, verbose: bool, progress: bool):
+    """Ray joined (or started), the --gpus asked of the autoscaler and up (released on exit), and the devices checked
+    (devices the config needs are there; torch can use every GPU node's GPUs): all before anything is written."""
+    started = not ray.is_initialized()
+    init_ray(address, user_code_env(config), verbose=verbose)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(gpus_requested(gpus))
+            nodes = check_devices(config)
+        except InputError:
+            if started:  # refused: nothing this command started keeps running
+                ray.shutdown()
+            raise
+        for line in nodes if progress else ():
+            print(f"GPU node {line}", flush=True)
+        yield
 
 
 def launch_report(config: SweepConfig, *, address: str | None = None) -> FrontReport:

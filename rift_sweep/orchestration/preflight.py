@@ -1,7 +1,8 @@
 """Checks made before a sweep spends compute or writes a byte: each failure is one InputError line.
 
-Order: the output folder, the tracking store, the Ray address, the device and GPU request, then the expensive
-ones (the checkpoint loads and fits, the data reads, the split matches) through the procedure's own loader.
+Order: the output folder, the tracking store, the Ray address, then the expensive ones (the checkpoint loads and
+fits, the data reads, the split matches) through the procedure's own loader; once Ray is joined (and any --gpus
+have come up), the devices: what the cluster has, and a probe of every GPU node.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-import torch
+import ray
 
 from rift_sweep import names
 from rift_sweep.config import SweepConfig, load_config
 from rift_sweep.core.errors import InputError
+from rift_sweep.orchestration.devices import check_gpu_nodes
+from rift_sweep.orchestration.resources import ray_address
 from rift_sweep.orchestration.tracking import tracking_uri
 from rift_sweep.procedure.experiment import Experiment, check_module_choice, load_experiment
 
@@ -92,46 +95,41 @@ def check_tracking(config: SweepConfig) -> None:
 
 
 def check_ray_address(address: str | None) -> None:
-    """A cluster named by --address or RAY_ADDRESS accepts a connection within a few seconds."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address in ("auto", "local"):
+    """The cluster this process will join (--address, RAY_ADDRESS, or the one `ray start` left on this node)
+    accepts a connection within a few seconds."""
+    found = ray_address(address)
+    if found is None or found.startswith("ray://"):
         return
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep:
-        raise InputError(f"Ray address {address!r} must be HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+    host, _, port = found.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except (OSError, ValueError) as exc:
-        raise InputError(
-            f"no Ray cluster answers at {address} within {CONNECT_TIMEOUT_S:.0f} s ({exc}); start it "
-            f"(`ray start --head`) or fix --address / RAY_ADDRESS"
-        ) from exc
-
-
-def check_local_devices(config: SweepConfig, *, address: str | None, gpus: int | None) -> None:
-    """Without a cluster, CUDA and GPUs must be on this machine: a local Ray has no autoscaler to wait for."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        return  # a cluster's GPUs are checked once connected (resources.worker_shape, gpus_requested)
-    have = torch.cuda.device_count()
-    if config.device == "cuda" and have == 0:
-        raise InputError(
-            "device: cuda was asked for but this machine has no CUDA device; use device: auto or cpu, "
-            "or join a GPU cluster with --address"
+        named = address or os.environ.get("RAY_ADDRESS")
+        fix = (
+            "start it (`ray start --head`) or fix --address / RAY_ADDRESS"
+            if named
+            else "it was left by a `ray start` on this node: start it again, or `ray stop` to forget it"
         )
-    if gpus and gpus > have:
+        raise InputError(f"no Ray cluster answers at {found} within {CONNECT_TIMEOUT_S:.0f} s ({exc}); {fix}") from exc
+
+
+def check_devices(config: SweepConfig) -> list[str]:
+    """On the Ray cluster joined (after any --gpus wait): `device: cuda` has GPUs to use, and torch can use every
+    GPU node's GPUs (devices.check_gpu_nodes). Returns a line per GPU node used. The driver never touches CUDA."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if config.device == "cuda" and gpus == 0:
         raise InputError(
-            f"--gpus {gpus}: a local Ray has no autoscaler and this machine has {have} GPU(s); "
-            f"drop --gpus, or join an autoscaling cluster with --address"
+            "device: cuda, but this Ray cluster has no GPU; join a GPU cluster (--address), ask its autoscaler "
+            "with --gpus N, or set device: auto (GPUs when the cluster has them) or cpu"
         )
+    return check_gpu_nodes() if gpus and config.device != "cpu" else []
 
 
-def check_sweep(
-    config: SweepConfig, *, resume: bool, address: str | None, gpus: int | None
-) -> tuple[FolderState, Experiment]:
-    """Everything a sweep needs, checked in order of cost; returns the folder's state and the loaded experiment."""
+def check_sweep(config: SweepConfig, *, resume: bool, address: str | None) -> tuple[FolderState, Experiment]:
+    """Everything a sweep needs that can be checked before joining Ray, in order of cost; returns the folder's state
+    and the loaded experiment. What the cluster has is checked once joined (check_devices)."""
     folder = check_output_folder(config, resume=resume)
     check_tracking(config)
     check_ray_address(address)
-    check_local_devices(config, address=address, gpus=gpus)
     check_module_choice(config)
     return folder, load_experiment(config, device="cpu", check=True)  # loads, fits, reads, and looks sane

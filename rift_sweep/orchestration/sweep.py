@@ -27,7 +27,9 @@ from rift_sweep import names
 from rift_sweep.config import SweepConfig, on_lattice
 from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState
 from rift_sweep.core.interpolate import interpolate_state
-from rift_sweep.procedure.experiment import Experiment, load_experiment, worker_experiment
+from rift_sweep.orchestration.devices import gpu_job
+from rift_sweep.orchestration.workers import Shipped, worker_experiment
+from rift_sweep.procedure.experiment import Experiment, load_experiment
 from rift_sweep.procedure.finetune_cache import (
     finetune_key,
     load_finetune,
@@ -149,10 +151,14 @@ def trial_choice(config: SweepConfig, params: dict, modules: list[str]) -> tuple
     return params.get("module", modules[0]), settings, alpha
 
 
-def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val: dict) -> None:
+def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val: dict, shipped: Shipped) -> None:
     """One Tune trial: fine-tune (or reuse), evaluate the α path on validation, report the trial's α."""
-    start = time.perf_counter()
-    exp = worker_experiment(config)
+    with gpu_job(f"trial {tune.get_context().get_trial_id()}"):
+        _trial(params, worker_experiment(config, shipped), modules, at_val)
+
+
+def _trial(params: dict, exp: Experiment, modules: list[str], at_val: dict) -> None:
+    start, config = time.perf_counter(), exp.config
     module, settings, alpha = trial_choice(config, params, modules)
     key = finetune_key(config, exp.checkpoint_sha256, module, settings)
     cached = load_finetune(config, key)
@@ -289,7 +295,7 @@ def run_sweep(
     from ray.tune import Tuner
 
     from rift_sweep.orchestration.front import at_metrics
-    from rift_sweep.orchestration.mrc_pool import run_mrc_stage
+    from rift_sweep.orchestration.mrc_pool import run_mrc_stage, stage_pool
     from rift_sweep.orchestration.resources import worker_shape
     from rift_sweep.orchestration.tracking import close_orphaned_runs
     from rift_sweep.procedure.steps import choose_modules
@@ -301,17 +307,19 @@ def run_sweep(
     # Each checkpoint forces an experiment snapshot (what a resume needs); Tune warns about every one.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     exp = exp or load_experiment(config, device="cpu")  # the driver only reads weights and data
-    at_val = at_metrics(tracker, "val")
-    if progress:
-        print(describe_at(at_val, len(exp.splits.val)), flush=True)
-    stage = run_mrc_stage(config, workers=workers, progress=progress, exp=exp)
+    with stage_pool(config, exp, workers) as pool:  # stage 1's workers, ended with it
+        at_val = at_metrics(tracker, "val", pool)
+        if progress:
+            print(describe_at(at_val, len(exp.splits.val)), flush=True)
+        stage = run_mrc_stage(config, progress=progress, exp=exp, pool=pool)
     if progress and stage.skipped:
         print(f"never run in a forward pass, so not scored: {', '.join(stage.skipped)}", flush=True)
     modules = choose_modules([r["module"] for r in stage.rows], config.modules)
     tracker.log_mrc(stage.rows, modules, stage.table_path)
-    shape = worker_shape()
+    shape = worker_shape(config.device, per_gpu=config.search.trials_per_gpu)
+    shipped = Shipped(pool.data)  # the experiment stage 1 shipped, its validation OOD set included
     trainable = tune.with_resources(
-        tune.with_parameters(rift_trial, config=config, modules=modules, at_val=at_val),
+        tune.with_parameters(rift_trial, config=config, modules=modules, at_val=at_val, shipped=shipped),
         {"cpu": shape.num_cpus, "gpu": shape.num_gpus},
     )
     close_orphaned_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id)

@@ -22,7 +22,15 @@ from rift_sweep.core.attacks import AdversarialSet, AttackCost, attack_split
 from rift_sweep.core.autoattack import autoattack_examples
 from rift_sweep.core.corruptions import OODSet, load_ood
 from rift_sweep.core.custom import build_custom, check_logits, normalization_of
-from rift_sweep.core.data import DatasetInfo, DataSplits, Split, dataset_info, load_splits, tiny_imagenet_wnids
+from rift_sweep.core.data import (
+    DatasetInfo,
+    DataSplits,
+    Split,
+    dataset_info,
+    load_splits,
+    tiny_imagenet_wnids,
+    to_unit,
+)
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.evaluate import accuracy, evaluate_examples, ood_accuracy, with_interval
 from rift_sweep.core.files import file_sha256
@@ -112,6 +120,12 @@ class Experiment:
     model: nn.Module = field(repr=False)  # the working copy on `device`; load_state() swaps weights into it
     _ood_sets: dict[str, OODSet | None] = field(default_factory=dict, repr=False)
     attack_cost: AttackCost = field(default_factory=AttackCost, repr=False)  # every PGD pass evaluation spent
+
+    def portable(self, *ood_splits: str) -> ExperimentData:
+        """This experiment for worker processes, with the OOD sets of `ood_splits` built first (here, once)."""
+        for split_name in ood_splits:
+            self.ood(split_name)
+        return ExperimentData(self.splits, self.at_state, self.checkpoint_sha256, dict(self._ood_sets))
 
     def load_state(self, state: StateDict) -> nn.Module:
         self.model.load_state_dict(state)
@@ -297,18 +311,22 @@ def load_experiment(
     return exp
 
 
-_LOADED: dict[str, Experiment] = {}
+@dataclass(frozen=True)
+class ExperimentData:
+    """What a worker process needs of the driver's Experiment, shipped to it once (the Ray object store): the data
+    splits, θ_AT and the OOD sets the driver built, so no worker reads the dataset files or generates corruptions
+    again. The model itself is rebuilt on the worker's device."""
 
+    splits: DataSplits
+    at_state: StateDict
+    checkpoint_sha256: str
+    ood_sets: dict[str, OODSet | None]
 
-def worker_experiment(config: SweepConfig) -> Experiment:
-    """`load_experiment(config)`, once per process: Ray reuses its worker processes (tasks, and Tune's trial actors),
-    so data, θ_AT and the OOD sets load once rather than per trial or task. Every use loads its state into the
-    working model first (Experiment.load_state), so nothing an earlier trial left there leaks into the next."""
-    key = repr(config)
-    if key not in _LOADED:
-        _LOADED.clear()  # one sweep per process at a time: keep only its own
-        _LOADED[key] = load_experiment(config)
-    return _LOADED[key]
+    def experiment(self, config: SweepConfig, device: torch.device) -> Experiment:
+        model = load_at_model(config, self.splits.info, self.at_state, device)
+        return Experiment(
+            config, self.splits, device, self.at_state, self.checkpoint_sha256, model, dict(self.ood_sets)
+        )
 
 
 SANITY_EXAMPLES = 256  # validation images for the load-time check: a few seconds even for a large model on CPU
@@ -322,7 +340,7 @@ def check_at_model(exp: Experiment) -> dict[str, float]:
     sample = exp.splits.val.subset(SANITY_EXAMPLES, seed=0)
     with torch.no_grad():
         check_logits(
-            model(sample.x[:8].to(exp.device).float() / 255),
+            model(to_unit(sample.x[:8].to(exp.device))),
             min(8, len(sample)),
             info.num_classes,
             f"the model ({exp.config.model.label})",

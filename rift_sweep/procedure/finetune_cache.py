@@ -13,8 +13,11 @@ from pathlib import Path
 import torch
 
 from rift_sweep.config import SweepConfig
+from rift_sweep.core.errors import InputError
 from rift_sweep.core.files import atomic_write, content_key
 from rift_sweep.core.finetune import FinetuneSettings
+from rift_sweep.core.interpolate import interpolate_state
+from rift_sweep.core.models import StateDict
 from rift_sweep.procedure.experiment import cache_dir
 
 
@@ -43,8 +46,22 @@ def partial_path(config: SweepConfig, key: str) -> Path:
 
 
 def load_finetune(config: SweepConfig, key: str) -> dict | None:
-    """{best_state, best_epoch, val_acc, alpha_path, finetune_seconds, eval_seconds, module}, or None."""
+    """{best_state, best_epoch, val_acc, alpha_path, finetune_seconds, eval_seconds, module}, or None.
+    best_state holds the entries fine-tuning changed (core.finetune.tuned_keys); older caches hold whole states."""
     return _read(finetune_path(config, key))
+
+
+def spec_state(config: SweepConfig, at_state: StateDict, spec: dict | None) -> StateDict:
+    """θ_AT (spec None) or θ_AT interpolated towards the cached fine-tune `spec["finetune_key"]` at spec["alpha"]."""
+    if spec is None:
+        return at_state
+    cached = load_finetune(config, spec["finetune_key"])
+    if cached is None:
+        raise InputError(
+            f"the fine-tune {spec['finetune_key']} is not in the cache under {config.output_path}; "
+            f"was the output folder moved or cleaned?"
+        )
+    return interpolate_state(at_state, cached["best_state"], spec["alpha"])
 
 
 def save_finetune(config: SweepConfig, key: str, entry: dict) -> None:

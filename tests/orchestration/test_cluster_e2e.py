@@ -34,13 +34,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from rift_sweep.names import SWEEP_TAG
+from rift_sweep.orchestration.devices import FAKE_GPUS_ENV
 
-from conftest import wait_for, write_digits_config
+from conftest import gpu_jobs, wait_for, write_digits_config
 from helpers import SSHD, missing
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+GPU_LOG = "gpu_jobs.jsonl"  # in the head's home
 RAY = str(Path(sys.executable).parent / "ray")
 SPACE = {
     "lr": {"low": 0.001, "high": 0.1, "log": True},
@@ -188,12 +190,14 @@ def local_cluster_config(head: SshHead, name: str, gcs_port: int, mlflow_port: i
         f"export PATH={Path(sys.executable).parent}:$PATH",
         "export PYTHONPATH=~/rift-sweep",
         "export RAY_USAGE_STATS_ENABLED=0",
+        f"export {FAKE_GPUS_ENV}=~/{GPU_LOG}",  # the head's declared GPU computes on the CPU (tests only)
     ]
     config["setup_commands"] = [f"echo '{line}' >> ~/.bashrc" for line in environment]
     config["head_start_ray_commands"] = _substitute(
         config["head_start_ray_commands"],
         {
-            "--port=6379": f"--port={gcs_port} --include-dashboard=false --dashboard-agent-listen-port={free_port()}",
+            "--port=6379": f"--port={gcs_port} --num-gpus=1 --include-dashboard=false "
+            f"--dashboard-agent-listen-port={free_port()}",
             "--port 5000": f"--port {mlflow_port}",
         },
     )
@@ -257,6 +261,15 @@ def test_cloud_config_is_a_valid_autoscaling_gpu_cluster():
     assert "--host 127.0.0.1 --port 5000" in server and "postgresql://" in server
 
 
+@pytest.mark.parametrize("name", ["config.yaml", "local.yaml"])
+def test_torch_is_installed_for_the_driver_before_the_package(name):
+    """The package's plain `torch` would take PyPI's newest CUDA build, which an older NVIDIA driver cannot run."""
+    commands = load_cluster_config(name)["setup_commands"]
+    [torch_at] = [i for i, c in enumerate(commands) if "download.pytorch.org/whl/cu" in c and "torch" in c]
+    [package_at] = [i for i, c in enumerate(commands) if "pip install -q -e ~/rift-sweep" in c]
+    assert torch_at < package_at
+
+
 def test_file_mounts_sync_what_pip_install_needs():
     for name in ("config.yaml", "local.yaml"):
         mounts = load_cluster_config(name)["file_mounts"]
@@ -280,6 +293,7 @@ def test_ray_up_submit_down_on_this_machine(ssh_head, tmp_path, digits_checkpoin
         tmp_path / "sweep",
         digits_checkpoint,
         name="cluster-e2e",
+        device="auto",
         search={"space": SPACE, "num_samples": 4, "max_concurrent": 2},
     )
     output = tmp_path / "sweep" / "shared-output"  # on a cluster: an NFS folder at the same path on every node
@@ -307,9 +321,12 @@ def test_ray_up_submit_down_on_this_machine(ssh_head, tmp_path, digits_checkpoin
             str(output),
             "--tracking-uri",
             f"http://127.0.0.1:{mlflow_port}",
+            "--gpus",  # the README's launch: the driver on the head, no --address, GPUs asked for
+            "1",
             timeout=240,
         )
         assert "Pareto front" in submitted.stdout
+        assert "fake GPU (tests)" in submitted.stdout, submitted.stdout[-3000:]
     finally:
         try:
             launcher("down", "-y", str(cluster), timeout=60)
@@ -328,3 +345,6 @@ def test_ray_up_submit_down_on_this_machine(ssh_head, tmp_path, digits_checkpoin
     assert sorted(c.data.tags["pareto"] for c in children) in (["false", "true"], ["true", "true"])
     assert list((ssh_head.home / "mlflow" / "artifacts").rglob("pareto.png"))  # artifacts through the server
     assert list((output / "cache" / "finetune").glob("*.pt"))  # trials wrote the shared output folder
+    jobs = gpu_jobs(ssh_head.home / GPU_LOG)  # MRC, the trials and the front ran on the head's one (declared) GPU
+    assert {j["what"].split()[0] for j in jobs} >= {"mrc", "trial", "test"}
+    assert {j["cuda_visible_devices"] for j in jobs} == {"0"}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import ray
 
-from rift_sweep.orchestration.front import AT, model_examples
+from rift_sweep.orchestration.front import AT, front_pool, model_examples
 from rift_sweep.procedure.experiment import load_experiment
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,8 @@ def test_chunks_over_the_workers_add_up_to_one_whole_call(digits_config):
     whole = exp.examples(exp.at_state, "test", runs=2)
     ray.init(num_cpus=3, include_dashboard=False)  # 3 chunks of the test split
     try:
-        chunked = model_examples(config, "test", {AT: None})[AT]
+        with front_pool(config) as pool:
+            chunked = model_examples(pool, "test", {AT: None})[AT]
     finally:
         ray.shutdown()
     assert 0 < whole["robust"].sum() < whole["clean"].sum()  # some examples broken, some not

@@ -21,7 +21,7 @@ from rift_sweep.names import PID_TAG, TRIAL_TAG
 from rift_sweep.orchestration.resources import worker_shape
 from rift_sweep.orchestration.tracking import SweepTracker, child_runs
 
-from conftest import wait_for, write_digits_config
+from conftest import gpu_jobs, most_at_once, wait_for, write_digits_config
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,14 @@ SPACE = {
 }
 
 
-def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, tmp_path, digits_checkpoint):
+def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, fake_gpus, tmp_path, digits_checkpoint):
     cluster, workers = gpu_cluster
-    assert (worker_shape().count, worker_shape().num_gpus) == (2, 1)  # trials go to the GPU nodes
+    assert (worker_shape("auto").count, worker_shape("auto").num_gpus) == (2, 1)  # trials go to the GPU nodes
     search = {"space": SPACE, "num_samples": NUM_SAMPLES, "max_concurrent": 2}
     # Small batches: a second or two per fine-tuning epoch, time to lose a node mid-trial.
-    path = write_digits_config(tmp_path, digits_checkpoint, search=search, finetune={"batch_size": 4, "epochs": 3})
+    path = write_digits_config(
+        tmp_path, digits_checkpoint, device="auto", search=search, finetune={"batch_size": 4, "epochs": 3}
+    )
     config = load_config(path)
     box = {}
     thread = threading.Thread(target=lambda: box.update(code=cli.main(["sweep", "--config", str(path)])))
@@ -58,6 +60,9 @@ def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, tmp_path, digit
     lost = tracker.client.get_run(run_id)
     assert lost.info.status == "FINISHED" and int(lost.data.tags[PID_TAG]) != pid  # finished elsewhere
     assert tracker.client.get_run(tracker.parent_run_id).info.status == "FINISHED"
+    trials = [job for job in gpu_jobs(fake_gpus) if job["what"].startswith("trial")]  # the lost one never ended
+    assert len(trials) == NUM_SAMPLES  # each trial's finished attempt (the one on the lost node never ended)
+    assert max(most_at_once(trials).values()) == 1  # trials that overlapped held different GPUs
 
 
 def _finished_children(db: Path) -> int:

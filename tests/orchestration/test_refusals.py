@@ -1,5 +1,6 @@
-"""Bad input to `rift-sweep sweep`: refused in one line, within seconds, before Ray starts, and an existing
-sweep's folder is left byte for byte as it was."""
+"""Bad input to `rift-sweep sweep`: refused in one line, within seconds, before Ray starts (what only the cluster can
+tell, its GPUs, is refused with the Ray it started shut down again), and an existing sweep's folder is left byte for
+byte as it was."""
 
 import hashlib
 import signal
@@ -126,8 +127,8 @@ def _damaged_gz(tmp_path):
         ({}, ["--tracking-uri", "http://127.0.0.1:9"], "no MLflow server answers"),
         ({}, ["--tracking-uri", "ftp://x/y"], "unknown scheme 'ftp'"),
         ({}, ["--address", "127.0.0.1:9"], "no Ray cluster answers"),
-        ({}, ["--gpus", "1"], "a local Ray has no autoscaler"),
-        ({"device": "cuda"}, [], "no CUDA device"),
+        ({}, ["--gpus", "1"], "--gpus 1: this Ray cluster has 0 GPU(s) and no autoscaler"),
+        ({"device": "cuda"}, [], "device: cuda, but this Ray cluster has no GPU"),
         ({"search": {"objectives": ["std_acc", "rob_acc", "ood_acc"]}, "ood": {"enabled": False}}, [], "ood.enabled"),
         ({"name": "it's"}, [], "may hold only letters"),
         ({}, ["--output", "FILE"], "is a file"),
