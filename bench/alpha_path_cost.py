@@ -24,29 +24,28 @@ import torch
 
 from rift_sweep.config import load_config
 from rift_sweep.core.attacks import AttackCost, image_batches
-from rift_sweep.core.evaluate import accuracy
 from rift_sweep.core.interpolate import interpolate_state
-from rift_sweep.core.selection import paper_rule, pareto_mask
-from rift_sweep.core.statistics import wilson_interval
-from rift_sweep.names import ROB_IMAGES
+from rift_sweep.core.selection import pareto_mask
 from rift_sweep.procedure.experiment import experiment_modules, load_experiment
-from rift_sweep.procedure.steps import alpha_path, choose_modules, finetune, score_modules
+from rift_sweep.procedure.paper import at_point
+from rift_sweep.procedure.records import AlphaPoint, Examples
+from rift_sweep.procedure.steps import alpha_by_rule, alpha_path, choose_modules, finetune, score_modules
 
 
-def last_iterate_path(exp, best, cost: AttackCost) -> list[dict]:
+def last_iterate_path(exp, best, cost: AttackCost) -> list[AlphaPoint]:
     """The session-6 α path: robust examples counted at PGD's last iterate, every example attacked every step."""
-    config, val, rows = exp.config, exp.splits.val, []
+    config, val, path = exp.config, exp.splits.val, []
     for alpha in config.alpha.grid:
         model = exp.load_state(interpolate_state(exp.at_state, best, alpha))
-        generator, correct = torch.Generator().manual_seed(config.seed), 0
+        generator, clean, robust = torch.Generator().manual_seed(config.seed), [], []
         for x, y in image_batches(val.x, val.y, 256, "cpu"):
             adv = config.attack.perturb(model, x, y, generator=generator, cost=cost)
             with torch.no_grad():
-                correct += int((model(adv).argmax(1) == y).sum())
-        low, high = wilson_interval(correct, len(val))
-        rob = {"rob_acc": 100 * correct / len(val), "rob_acc_low": low, "rob_acc_high": high, ROB_IMAGES: len(val)}
-        rows.append({"alpha": alpha, "std_acc": accuracy(model, val), **rob})
-    return rows
+                clean.append(model(x).argmax(1) == y)
+                robust.append(model(adv).argmax(1) == y)
+        examples = Examples(torch.cat(clean).numpy(), torch.cat(robust).numpy())
+        path.append(AlphaPoint(alpha, examples.scores(), examples))
+    return path
 
 
 def main() -> None:
@@ -60,14 +59,14 @@ def main() -> None:
         [r.module for r in score_modules(exp, experiment_modules(config, exp.model), progress=False)], config.modules
     )[0]
     best = finetune(exp, module, config.finetune).best_state
-    at_val = exp.evaluate(exp.at_state, "val")  # once per sweep: not a trial's cost
+    at = at_point(exp)  # once per sweep: not a trial's cost
     unscreened = dataclasses.replace(
         exp, config=dataclasses.replace(config, alpha=dataclasses.replace(config.alpha, screen=1.0))
     )
     ways = {
         "last iterate": lambda cost: last_iterate_path(exp, best, cost),
-        "early stop": lambda cost: alpha_path(unscreened, best, at_val, progress=False),
-        "screened": lambda cost: alpha_path(exp, best, at_val, progress=False),
+        "early stop": lambda cost: alpha_path(unscreened, best, at, progress=False),
+        "screened": lambda cost: alpha_path(exp, best, at, progress=False),
     }
     paths, costs, seconds = {}, {}, {}
     for name, run in ways.items():
@@ -82,21 +81,19 @@ def main() -> None:
     print("| α | std % | " + " | ".join(f"rob % {name} [95 %] (images)" for name in ways) + " |")
     print("|---|---|" + "---|" * len(ways))
     for i, alpha in enumerate(config.alpha.grid):
-        cells = [
-            f"{p[i]['rob_acc']:.2f} [{p[i]['rob_acc_low']:.1f}, {p[i]['rob_acc_high']:.1f}] ({p[i][ROB_IMAGES]})"
-            for p in paths.values()
-        ]
-        print(f"| {alpha:.2f} | {paths['screened'][i]['std_acc']:.2f} | " + " | ".join(cells) + " |")
+        robs = [p[i].scores.rob for p in paths.values()]
+        cells = [f"{r.value:.2f} [{r.low:.1f}, {r.high:.1f}] ({r.images})" for r in robs]
+        print(f"| {alpha:.2f} | {paths['screened'][i].scores.std.value:.2f} | " + " | ".join(cells) + " |")
     base = costs["last iterate"].gradient_evals
     print("\n| per trial | " + " | ".join(ways) + " |\n|---|" + "---|" * len(ways))
     print("| PGD gradient evaluations | " + " | ".join(str(c.gradient_evals) for c in costs.values()) + " |")
     print("| ... / last iterate | " + " | ".join(f"{c.gradient_evals / base:.3f}" for c in costs.values()) + " |")
     print("| wall time of the α path (s) | " + " | ".join(f"{s:.1f}" for s in seconds.values()) + " |")
     for name, path in paths.items():
-        at = next(r for r in path if r["alpha"] == 0.0)
-        chosen = paper_rule(path, at_rob_acc=at["rob_acc"], tolerance=config.alpha.tolerance)
-        front = [r["alpha"] for r, keep in zip(path, pareto_mask([[r["std_acc"], r["rob_acc"]] for r in path])) if keep]
-        print(f"{name}: the rule picks α = {chosen['alpha'] if chosen else None}; validation front at α = {front}")
+        chosen = alpha_by_rule(path, path[0].scores, config.alpha.tolerance)  # path[0]: α = 0, the AT model
+        scores = [[p.scores.std.value, p.scores.rob.value] for p in path]
+        front = [p.alpha for p, keep in zip(path, pareto_mask(scores)) if keep]
+        print(f"{name}: the rule picks α = {chosen}; validation front at α = {front}")
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"

@@ -37,12 +37,14 @@ from rift_sweep.core.selection import hypervolume_2d, paper_rule, pareto_mask
 from rift_sweep.core.statistics import bootstrap_interval, wilson_interval
 from rift_sweep.orchestration.sweep import make_sampler, paper_point, search_space
 from rift_sweep.procedure.experiment import experiment_modules, load_experiment
+from rift_sweep.procedure.paper import at_point
+from rift_sweep.procedure.records import AlphaPoint
 from rift_sweep.procedure.steps import alpha_path, choose_modules, finetune, score_modules
 
 FINETUNES: dict = {}  # (lr, epochs) -> (state, α path): the same fine-tune is never run twice, as in the sweep
 
 
-def run_search(exp, module: str, sampler: str, seed: int, max_epochs: int, at_val: dict) -> list[dict]:
+def run_search(exp, module: str, sampler: str, seed: int, max_epochs: int, at_val: AlphaPoint) -> list[dict]:
     """Fine-tunes in the order the sampler asked for them, until the epochs reach `max_epochs`."""
     config = dataclasses.replace(exp.config, search=dataclasses.replace(exp.config.search, sampler=sampler, seed=seed))
     space = search_space(config, [module])
@@ -60,16 +62,13 @@ def run_search(exp, module: str, sampler: str, seed: int, max_epochs: int, at_va
             best = finetune(exp, module, settings).best_state
             FINETUNES[lr, epochs] = best, alpha_path(exp, best, at_val, progress=False)
         best, path = FINETUNES[lr, epochs]
-        own = min(path, key=lambda r: abs(r["alpha"] - trial.params.get("alpha", 0.0)))
-        study.tell(trial, [own["std_acc"], own["rob_acc"]])
-        for row in path:  # the rest of the path: already evaluated points, as the sweep's searcher adds them
-            if row is not own and "alpha" in space:
-                params = {**trial.params, "alpha": row["alpha"]}
-                study.add_trial(
-                    optuna.trial.create_trial(
-                        params=params, distributions=space, values=[row["std_acc"], row["rob_acc"]]
-                    )
-                )
+        own = min(path, key=lambda p: abs(p.alpha - trial.params.get("alpha", 0.0)))
+        study.tell(trial, [own.scores.std.value, own.scores.rob.value])
+        for point in path:  # the rest of the path: already evaluated points, as the sweep's searcher adds them
+            if point is not own and "alpha" in space:
+                params = {**trial.params, "alpha": point.alpha}
+                values = [point.scores.std.value, point.scores.rob.value]
+                study.add_trial(optuna.trial.create_trial(params=params, distributions=space, values=values))
         spent += epochs
         done.append(
             {
@@ -83,14 +82,14 @@ def run_search(exp, module: str, sampler: str, seed: int, max_epochs: int, at_va
     return done
 
 
-def choices(finetunes: list[dict], at_val: dict, tolerance: float) -> tuple[tuple, list[tuple]]:
+def choices(finetunes: list[dict], at_val: AlphaPoint, tolerance: float) -> tuple[tuple, list[tuple]]:
     """(the rule's pick, the validation front) over every α point, each as (fine-tune index, α)."""
-    points = [(i, row) for i, ft in enumerate(finetunes) for row in ft["path"]]
-    rows = [{**row, "index": i} for i, row in points]
-    pick = paper_rule(rows, at_rob_acc=at_val["rob_acc"], tolerance=tolerance)
-    mask = pareto_mask([[r["std_acc"], r["rob_acc"]] for r in rows])
-    front = sorted({(r["index"], r["alpha"]) for r, keep in zip(rows, mask) if keep})
-    return ((pick["index"], pick["alpha"]) if pick else None), front
+    points = [(i, p) for i, ft in enumerate(finetunes) for p in ft["path"]]
+    scores = [(p.scores.std.value, p.scores.rob.value, p.alpha) for _, p in points]
+    pick = paper_rule(scores, at_val.scores.rob.value, tolerance)
+    mask = pareto_mask([s[:2] for s in scores])
+    front = sorted({(i, p.alpha) for (i, p), keep in zip(points, mask) if keep})
+    return ((points[pick][0], points[pick][1].alpha) if pick is not None else None), front
 
 
 def main() -> None:
@@ -112,7 +111,7 @@ def main() -> None:
         assignments=[f"data.val_subset={args.val}", f"data.test_subset={args.test}", "ood.enabled=false", "device=cpu"],
     )
     exp = load_experiment(config)
-    at_val = exp.evaluate(exp.at_state, "val")
+    at_val = at_point(exp)
     module = choose_modules(
         [r.module for r in score_modules(exp, experiment_modules(config, exp.model), progress=False)], config.modules
     )[0]
@@ -151,17 +150,17 @@ def main() -> None:
                         spent += ft["epochs"]
                         within.append(ft)
                 pick, front = choices(within, at_val, config.alpha.tolerance)
-                rows = [row for ft in within for row in ft["path"]]
+                rows = [p.scores for ft in within for p in ft["path"]]
                 searched = {
                     "sampler": sampler,
                     "seed": seed,
                     "multiple": multiple,
                     "finetunes": len(within),
                     "epochs": sum(ft["epochs"] for ft in within),
-                    "val_hypervolume": hypervolume_2d([(r["std_acc"], r["rob_acc"]) for r in rows]),
+                    "val_hypervolume": hypervolume_2d([(r.std.value, r.rob.value) for r in rows]),
                     "val_pick": None
                     if pick is None
-                    else next(r for r in within[pick[0]]["path"] if r["alpha"] == pick[1]),
+                    else next(p.scores.metrics() for p in within[pick[0]]["path"] if p.alpha == pick[1]),
                     "seconds": time.perf_counter() - start,
                 }
                 if args.no_test:

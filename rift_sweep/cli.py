@@ -71,13 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = _command(commands, "report", cmd_report, "the Pareto front of a sweep: table, test metrics, where to look")
     _add_sweep_ref(report)
-    report.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
     export = _command(commands, "export", cmd_export, "write a trial's model (or the recommended one) for your code")
     _add_sweep_ref(export)
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", help="a trial id (see `rift-sweep report`)")
-    which.add_argument("--recommended", action="store_true", help="the paper's rule applied to the sweep's trials")
+    which.add_argument("--recommended", action="store_true", help="the paper's rule over every evaluated model")
+    export.add_argument("--alpha", type=float, help="with --trial: the α of its path (default: the trial's own)")
     export.add_argument("--out", required=True, type=Path, help="the state dict to write (plus OUT.json provenance)")
     export.add_argument("--register", metavar="NAME", help="also register the run's MLflow model under NAME")
 
@@ -96,10 +96,10 @@ def _command(commands, name: str, handler, help_text: str) -> argparse.ArgumentP
 
 
 def _add_sweep_ref(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--sweep", help="a sweep's name (its folder: runs/NAME, or --output)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--sweep", help="a sweep's name: its folder is runs/NAME or the newest runs/NAME-<stamp>")
     group.add_argument("--config", type=Path, help="the sweep's YAML config")
-    parser.add_argument("--output", help="the sweep's output folder (default: runs/NAME)")
+    parser.add_argument("--output", help="the sweep's output folder")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any config field")
 
 
@@ -154,7 +154,7 @@ def cmd_rift(args: argparse.Namespace) -> int:
     from rift_sweep.procedure.tables import describe_at, format_report
 
     exp = load_experiment(config_from_args(args), check=True)
-    report = run_paper_procedure(exp, on_at_val=lambda at: print(describe_at(at, len(exp.splits.val)), flush=True))
+    report = run_paper_procedure(exp, on_at_val=lambda at: print(describe_at(at), flush=True))
     print(format_report(report))
     return 0
 
@@ -176,7 +176,6 @@ def cmd_mrc(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from rift_sweep.orchestration.front import describe_where
     from rift_sweep.orchestration.launch import launch_sweep
     from rift_sweep.procedure.tables import format_front
 
@@ -196,37 +195,47 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     outcome = result.outcome
-    if result.report is None:
+    if result.front is None:
         print(
             f"sweep stopped with {outcome.finished} of {outcome.expected} trials finished; carry on with:\n"
             f"  rift-sweep sweep --config {args.config} --resume --output {result.config.output_path}"
         )
         return 3
-    print(format_front(result.report))
+    print(format_front(result.front))
     print(f"\n{outcome.finished} trials in {outcome.seconds:.0f} s; fine-tuned module(s): {', '.join(outcome.modules)}")
-    print(describe_where(result.report))
+    print(result.where)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rift_sweep.orchestration.front import describe_where
-    from rift_sweep.orchestration.launch import launch_report
+    """What the sweep published, read from its store: no Ray, no evaluation."""
+    from rift_sweep.orchestration.tracking import SweepTracker
     from rift_sweep.procedure.tables import format_front
 
-    report = launch_report(sweep_config(args), address=args.address)
-    print(format_front(report))
-    print(describe_where(report))
+    config = sweep_config(args)
+    tracker = SweepTracker(config, create=False)
+    front = tracker.logged_front() if tracker.parent_run_id else None
+    if front is None:
+        raise InputError(
+            f"sweep {config.name!r} at {config.output_path} has not published its front (it has not finished); "
+            f"carry it on with `rift-sweep sweep --config ... --resume --output {config.output_path}`"
+        )
+    print(format_front(front))
+    print(tracker.where())
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from rift_sweep.orchestration.export import export_model
+    from rift_sweep.procedure.tables import describe_model
 
-    done = export_model(sweep_config(args), out=args.out.resolve(), trial_id=args.trial, register=args.register)
-    trial = done.trial
+    done = export_model(
+        sweep_config(args), out=args.out.resolve(), trial_id=args.trial, alpha=args.alpha, register=args.register
+    )
     print(
-        f"wrote {done.path} (trial {trial['trial_id']}, α {trial['alpha']:.2f}; load it with "
-        f"model.load_state_dict(torch.load(path, weights_only=True)))\nprovenance: {done.sidecar}"
+        f"wrote {done.path} (weights, the input checkpoint's keys) and {done.program} (the whole model, "
+        f"normalisation included: torch.export.load(path).module()) for {describe_model(done.model)}\n"
+        f"provenance, normalisation and how to load each: {done.sidecar}"
     )
     if done.registered:
         print(f"registered in MLflow's model registry as {done.registered}")
@@ -256,28 +265,43 @@ def cmd_ui(args: argparse.Namespace) -> int:
     ]
     if tracker.uri.startswith("sqlite:///"):
         command += ["--default-artifact-root", (config.output_path / names.MLFLOW_ARTIFACTS).as_uri()]
-    runs = f"http://{args.host}:{args.port}/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
-    print(f"MLflow UI: {runs}", flush=True)
-    print(
-        f"  the sweep's runs: parent run {tracker.parent_run_id}; Pareto trials: filter {names.PARETO_FILTER}",
-        flush=True,
-    )
+    chart, table = tracker.view_urls(f"http://{args.host}:{args.port}/")
+    print(f"MLflow UI, the sweep's front: {chart}\n  its table: {table}", flush=True)
+    print(f"  every model of it is a run; the front: {names.PARETO_FILTER}, {names.RECOMMENDED_FILTER}", flush=True)
     # The server replaces this process, so Ctrl-C and SIGTERM reach it directly. Its GenAI job runner is off:
     # the UI needs none of it, and it would start extra processes.
     os.execve(sys.executable, command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:
-    """A finished sweep's config: its YAML (--config), or the resolved copy in its folder (--sweep NAME)."""
+    """A sweep's config: its YAML (--config), or the resolved copy in its folder (--output, or --sweep NAME: runs/NAME
+    or the newest runs/NAME-<stamp>, as `make demo` names them)."""
+    if not (args.config or args.sweep or args.output):
+        raise InputError("name the sweep: --sweep NAME, --output FOLDER or --config FILE")
     if args.config:
         return config_from_args(args)
-    folder = Path(args.output or f"runs/{args.sweep}").resolve()
+    folder = Path(args.output).resolve() if args.output else find_sweep(args.sweep)
     path = folder / names.RESOLVED_CONFIG
     if not path.is_file():
-        raise InputError(
-            f"no sweep named {args.sweep!r} at {folder} (looked for {path}); pass --output FOLDER or --config FILE"
-        )
-    return load_config(path, assignments=args.set)
+        raise InputError(f"no sweep at {folder} (looked for {path}); pass the folder of a sweep with --output")
+    config = load_config(path, assignments=args.set)
+    if args.sweep and config.name != args.sweep:
+        raise InputError(f"{folder} holds the sweep {config.name!r}, not {args.sweep!r}; drop --sweep or fix it")
+    return config
+
+
+def find_sweep(name: str, runs: Path = Path("runs")) -> Path:
+    """The folder of the sweep called `name` under `runs`: runs/NAME, else the newest runs/NAME-<stamp> holding
+    that sweep (the others are listed on stderr)."""
+    candidates = [p for p in (runs / name, *sorted(runs.glob(f"{name}-*"))) if (p / names.RESOLVED_CONFIG).is_file()]
+    candidates = [p for p in candidates if load_config(p / names.RESOLVED_CONFIG).name == name]
+    if not candidates:
+        raise InputError(f"no sweep named {name!r} under {runs.resolve()}/; pass its folder with --output")
+    newest = max(candidates, key=lambda p: (p / names.RESOLVED_CONFIG).stat().st_mtime)
+    others = [str(p) for p in candidates if p != newest]
+    if others:
+        print(f"sweep {name!r}: {newest} (the newest; also {', '.join(others)}: choose with --output)", file=sys.stderr)
+    return newest.resolve()
 
 
 if __name__ == "__main__":

@@ -260,6 +260,18 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class FrontConfig:
+    """What the front's test evaluation covers: the AT model, the recommended model and at most `test_models` other
+    models of the front (spread evenly along it by validation clean accuracy when it is longer)."""
+
+    test_models: int = 6
+
+    def __post_init__(self) -> None:
+        if self.test_models < 0:
+            raise ValueError(f"test_models must be >= 0; got {self.test_models}")
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db
     experiment: str | None = None  # None: "<dataset>-<model>"
@@ -277,6 +289,7 @@ class SweepConfig:
     finetune: FinetuneSettings = FinetuneSettings()
     alpha: AlphaConfig = AlphaConfig()
     search: SearchConfig = SearchConfig()
+    front: FrontConfig = FrontConfig()
     adversarial_training: ATSettings = ATSettings()
     tracking: TrackingConfig = TrackingConfig()
     seed: int = 0
@@ -319,7 +332,7 @@ def load_config(path: str | Path, overrides: dict | None = None, assignments: li
     raw = read_with_bases(path, ())
     raw = _merge(_merge(raw, overrides or {}), parse_assignments(assignments))
     raw["source"] = str(path.resolve())
-    return _resolve_paths(build(SweepConfig, raw, "config"))
+    return _resolve_paths(build(SweepConfig, raw, ""))
 
 
 def read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
@@ -388,26 +401,28 @@ def _plain(value):
 
 
 def build(cls: type, raw: object, where: str):
-    """Build dataclass `cls` from a YAML mapping, checking every field's name and type."""
+    """Build dataclass `cls` from a YAML mapping, checking every field's name and type. `where`: the section's path as
+    written in YAML (e.g. `search.space.lr`; "" for the whole config), which every error names."""
+    section = where or "the config"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping with fields {_field_names(cls)}; got {raw!r}")
+        raise ConfigError(f"{section} must be a mapping with fields {_field_names(cls)}; got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {_field_names(cls)}")
+        raise ConfigError(f"{section}: unknown field(s) {unknown}; allowed: {_field_names(cls)}")
     missing = [
         n
         for n, f in fields.items()
         if n not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ConfigError(f"{where}: missing required field(s) {missing}")
+        raise ConfigError(f"{section}: missing required field(s) {missing}")
     hints = typing.get_type_hints(cls)
-    values = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in raw.items()}
+    values = {name: _coerce(value, hints[name], f"{where}.{name}".lstrip(".")) for name, value in raw.items()}
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(_named(cls, where, str(exc))) from exc
 
 
 def _coerce(value: object, hint: object, where: str):
@@ -445,6 +460,17 @@ def _coerce(value: object, hint: object, where: str):
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     raise ConfigError(f"{where} must be {getattr(hint, '__name__', hint)}; got {value!r}")
+
+
+def _named(cls: type, where: str, message: str) -> str:
+    """A settings class's complaint with its field named as in YAML: "PGD.eps must be ..." in section `attack` reads
+    "attack.eps must be ..."; a message about the section as a whole is prefixed with it."""
+    for base in cls.__mro__:
+        message = message.replace(f"{base.__name__}.", "")
+    field_name = message.split(" ", 1)[0]
+    if field_name in _field_names(cls):
+        return f"{where}.{message}".lstrip(".")
+    return f"{where}: {message}" if where else message
 
 
 def _field_names(cls: type) -> list[str]:

@@ -10,13 +10,13 @@ OOD_ACC = "ood_acc"
 OBJECTIVES = (STD_ACC, ROB_ACC, OOD_ACC)
 AA_ACC = "aa_acc"  # AutoAttack (standard) robust accuracy on test: attack.final = autoattack
 OOD_PER_CORRUPTION_PREFIX = "ood/"
-ROB_IMAGES = "rob_images"  # on how many validation images an α point's rob_acc was measured (screening)
+IMAGES = "images"  # on how many images a model's accuracies were measured
+ROB_IMAGES = "rob_images"  # on how many of them its rob_acc was (fewer: screened)
 INTERVAL_SUFFIXES = ("_low", "_high")  # a 95 % interval beside an accuracy: std_acc_low, std_acc_high
 
 # Metric-name prefixes on MLflow runs.
-TEST_PREFIX = "test_"  # a trial's test-split metrics
-PATH_PREFIX = "path_"  # a trial's α path, one step per α
-RECOMMENDED_PREFIX = "recommended_"  # the recommended model on the parent run: its α, test metrics, p-values
+TEST_PREFIX = "test_"  # a model run's test-split metrics (test_std_acc, test_vs_at_rob_p, ...)
+VERSUS_PREFIX = "vs_at_"  # a model's paired change against the AT model: vs_at_std, vs_at_std_low, vs_at_std_p, ...
 
 
 def at_prefix(split: str) -> str:
@@ -34,13 +34,16 @@ MODULE_TAG = "rift.module"
 MRC_TABLE_TAG = "rift.mrc_table"
 FINETUNE_KEY_TAG = "rift.finetune_key"
 FINETUNE_REUSED_TAG = "rift.finetune_reused"
-FRONT_SIZE_TAG = "rift.front_size"
 CHECKPOINT_SHA_TAG = "rift.checkpoint_sha256"
 MODEL_CODE_SHA_TAG = "rift.model_code_sha256"
+KIND_TAG = "rift.kind"  # what a child run stands for: a Tune trial, or an evaluated model
+KIND_TRIAL, KIND_MODEL = "trial", "model"
+MODEL_KEY_TAG = "rift.model"  # a model run's model: "at", or "<fine-tune key>@<α>"
+SWEEP_RUN_TAG = "rift.sweep_run"  # a model run's sweep (its parent run id): model runs nest under their trial
+SCREENED_TAG = "rift.screened"  # a model whose validation robustness rests on a screened subset
 PARETO_TAG = "pareto"
 RECOMMENDED_TAG = "recommended"
 MODEL_LOGGED_TAG = "rift.model_logged"
-RECOMMENDED_ALPHA_TAG = "rift.recommended_alpha"
 PARETO_FILTER = f"tags.{PARETO_TAG} = 'true'"  # for the MLflow UI's search box
 RECOMMENDED_FILTER = f"tags.{RECOMMENDED_TAG} = 'true'"
 

@@ -42,7 +42,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
 @pytest.mark.parametrize(
     "raw,field",
     [
-        (with_(search={"sampler": "random-forest"}), "config.search.sampler must be one of \\['tpe', 'gp', 'nsga2'\\]"),
+        (with_(search={"sampler": "random-forest"}), "search.sampler must be one of \\['tpe', 'gp', 'nsga2'\\]"),
         (with_(search={"space": {}}), "space is empty"),
         (with_(search={"space": {"lr": {"low": 0.1, "high": 0.001, "log": True}}}), "low \\(0.1\\) must be < high"),
         (with_(search={"space": {"alpha": {"low": 0.0, "high": 1.5}}}), "alpha must lie within \\[0, 1\\]"),
@@ -52,10 +52,10 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         (with_(search={"space": {"momentum": {"low": 0.1, "high": 0.9}}}), "unknown parameter"),
         (with_(search={"num_samples": 0}), "num_samples must be >= 1"),
         (with_(alpha={"grid": [0.0, 1.2]}), "grid values must lie in \\[0, 1\\]"),
-        (with_(attack={"eps": 0.0}), "config.attack.*eps"),
-        (with_(attack={"eps": "big"}), "config.attack.eps must be float"),
-        (with_(mrc={"epsilon": -0.1}), "config.mrc.*epsilon"),
-        (with_(finetune={"bn": "train"}), "config.finetune.*bn"),
+        (with_(attack={"eps": 0.0}), "^attack.eps must be a finite number > 0"),
+        (with_(attack={"eps": "big"}), "^attack.eps must be float"),
+        (with_(mrc={"epsilon": -0.1}), "^mrc.epsilon must be > 0"),
+        (with_(finetune={"bn": "train"}), "^finetune.bn must be one of"),
         (with_(modules={"choice": "named"}), "needs `name`"),
         (with_(data={"datset": "digits"}), "unknown field\\(s\\) \\['datset'\\]"),
         (with_(model={"checkpoint": "x.pt"}), "give exactly one of name"),
@@ -114,7 +114,7 @@ def test_set_overrides_any_field_typed_and_checked(tmp_path):
     )
     assert config.attack.eps == 0.03 and config.search.num_samples == 32 and not config.ood.enabled
     assert config.alpha.grid == (0.0, 0.5, 1.0)
-    with pytest.raises(ConfigError, match="config.attack.eps must be float"):
+    with pytest.raises(ConfigError, match="^attack.eps must be float"):
         load_config(path, assignments=["attack.eps=big"])
     with pytest.raises(ConfigError, match="unknown field\\(s\\) \\['epz'\\]"):
         load_config(path, assignments=["attack.epz=0.1"])

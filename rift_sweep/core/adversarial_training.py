@@ -70,7 +70,7 @@ def adversarial_train(
     )
     generator = torch.Generator().manual_seed(seed)
     history, best_state, best_epoch = [], None, 0
-    for epoch in tqdm(range(settings.epochs), desc="adversarial training", disable=not progress):
+    for epoch in tqdm(range(settings.epochs), desc="adversarial training", disable=None if progress else True):
         start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(epoch)

@@ -432,7 +432,7 @@ def attack_split(
     adversarial = []
     batches = image_batches(split.x, split.y, batch_size, device)
     total = math.ceil(len(split.y) / batch_size)
-    for x, y in tqdm(batches, total=total, desc="PGD", disable=not progress, leave=False):
+    for x, y in tqdm(batches, total=total, desc="PGD", disable=None if progress else True, leave=False):
         adversarial.append(pgd.perturb(model, x, y, generator=generator, amp=amp, cost=cost).cpu())
     x_adv = torch.cat(adversarial) if adversarial else torch.empty((0, *split.x.shape[1:]), dtype=torch.float32)
     return AdversarialSet(x_adv, split.y.detach().cpu().long())

@@ -777,7 +777,9 @@ def generate_c(
     )
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))
     try:
-        with tqdm(total=len(names) * len(chosen), desc=f"corrupting {dataset}", disable=not progress) as bar:
+        with tqdm(
+            total=len(names) * len(chosen), desc=f"corrupting {dataset}", disable=None if progress else True
+        ) as bar:
             for name in names:
                 np.save(partial / f"{name}.npy", _corrupted_stack(split.x, name, chosen, seed, bar))
         np.save(partial / "labels.npy", np.tile(split.y.numpy(), len(chosen)))

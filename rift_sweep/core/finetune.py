@@ -121,7 +121,7 @@ def finetune_module(
         optimizer.load_state_dict(resume.optimizer_state)
     epochs = range(state.epochs_done, settings.epochs)
     with only_trainable(model, weight):
-        for epoch in tqdm(epochs, desc=f"fine-tune {module_name}", disable=not progress, leave=False):
+        for epoch in tqdm(epochs, desc=f"fine-tune {module_name}", disable=None if progress else True, leave=False):
             _train_one_epoch(model, optimizer, train, settings, epoch, augment, crop_padding, seed, device)
             state.val_acc.append(accuracy(model, val, batch_size=256, device=device))
             tuned = cpu_copy({k: v for k, v in model.state_dict().items() if k in keys})

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def paper_rule(
-    path: Sequence[Mapping[str, float]], *, at_rob_acc: float, tolerance: float = 0.1
-) -> Mapping[str, float] | None:
-    """The paper's rule: the largest standard accuracy among the points whose robust accuracy stays
-    ≥ at_rob_acc − tolerance (percentage points). Picks α on one fine-tune's path, and the recommended
-    model among a sweep's trials.
+def paper_rule(points: Sequence[tuple[float, float, float]], at_rob_acc: float, tolerance: float = 0.1) -> int | None:
+    """The paper's rule: among `points` (std_acc, rob_acc, α) on validation, the index of the largest standard
+    accuracy whose robust accuracy stays ≥ at_rob_acc − tolerance (percentage points). Picks α on one fine-tune's
+    path, and the recommended model among a sweep's.
 
-    `path` holds rows with keys "alpha", "std_acc", "rob_acc" (validation figures). Ties in std_acc go to the
-    higher rob_acc, then to the smaller α (the point closer to the AT model). Returns None when no point
-    qualifies: then the AT model is kept.
+    Ties in std_acc go to the higher rob_acc, then to the smaller α (the point closer to the AT model), so the pick
+    is never dominated by another qualifying point. None when no point qualifies: then the AT model is kept.
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 percentage points; got {tolerance}")
-    qualifying = [row for row in path if row["rob_acc"] >= at_rob_acc - tolerance]
+    qualifying = [i for i, (_, rob, _) in enumerate(points) if rob >= at_rob_acc - tolerance]
     if not qualifying:
         return None
-    return max(qualifying, key=lambda row: (row["std_acc"], row["rob_acc"], -row["alpha"]))
+    return max(qualifying, key=lambda i: (points[i][0], points[i][1], -points[i][2]))
 
 
 def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import stats
 
 
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -21,6 +20,7 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
     """
     if total < 1 or not 0 <= correct <= total:
         raise ValueError(f"need 0 <= correct <= total and total >= 1, got {correct} of {total}")
+    stats = _scipy_stats()
     interval = stats.binomtest(int(correct), int(total)).proportion_ci(confidence_level=confidence, method="wilson")
     return 100.0 * float(interval.low), 100.0 * float(interval.high)
 
@@ -35,21 +35,22 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, flo
     """
     a, b = _paired(a_correct, b_correct, bool)
     b01, b10 = int(np.sum(~a & b)), int(np.sum(a & ~b))
-    p_value = stats.binomtest(b01, b01 + b10, 0.5).pvalue if b01 + b10 else 1.0
+    p_value = _scipy_stats().binomtest(b01, b01 + b10, 0.5).pvalue if b01 + b10 else 1.0
     return b01, b10, float(p_value)
 
 
-def paired_gain_upper(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
-    """A 95 % upper bound (points) on accuracy(A) − accuracy(B) over the population the images were drawn from.
+def paired_gain_interval(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[float, float]:
+    """A 95 % interval (points) for accuracy(A) − accuracy(B) over the population the images were drawn from.
 
-    Paired: only discordant images count. The gain is (#A-only − #B-only) / n; its bound is the upper end of the
-    Wilson 95 % interval of the A-only rate minus the lower end of the B-only rate's. Each end is a one-sided
-    97.5 % bound, so both hold together with probability ≥ 95 % (Bonferroni). Drawn from a finite set without
-    replacement (a subset of validation), the bound is conservative.
+    Paired: only discordant images count. The gain is (#A-only − #B-only) / n; its upper end is the upper end of the
+    Wilson 95 % interval of the A-only rate minus the lower end of the B-only rate's, its lower end the other way
+    round. Each of the two ends combines two one-sided 97.5 % bounds, so it holds with probability ≥ 95 %
+    (Bonferroni): conservative, and more so drawn from a finite set without replacement (a subset of validation).
     """
     a, b = _paired(a_correct, b_correct, bool)
     n = len(a)
-    return wilson_interval(int(np.sum(a & ~b)), n)[1] - wilson_interval(int(np.sum(~a & b)), n)[0]
+    a_only, b_only = wilson_interval(int(np.sum(a & ~b)), n), wilson_interval(int(np.sum(~a & b)), n)
+    return a_only[0] - b_only[1], a_only[1] - b_only[0]
 
 
 def bootstrap_interval(
@@ -72,7 +73,7 @@ def bootstrap_interval(
     samples = (np.asarray(values, dtype=float),) if other is None else _paired(values, other, float)
     if len(samples[0]) < 1:
         raise ValueError("cannot bootstrap over zero examples; pass at least one")
-    result = stats.bootstrap(
+    result = _scipy_stats().bootstrap(
         samples,
         statistic or _accuracy_points,
         n_resamples=n_resamples,
@@ -97,3 +98,10 @@ def _paired(a: np.ndarray, b: np.ndarray, dtype: type) -> tuple[np.ndarray, np.n
     if a.ndim != 1 or a.shape != b.shape:
         raise ValueError(f"need two 1-D results on the same images, got shapes {a.shape} and {b.shape}")
     return a, b
+
+
+def _scipy_stats():
+    """scipy.stats, imported on first use: it takes a second, and commands that only read results need none of it."""
+    from scipy import stats
+
+    return stats

@@ -21,6 +21,7 @@ RESOLVED_PARAMS = ("module", "lr", "epochs", "alpha")
 # restored checkpoint after a resume, which would put two values at one step.
 INTERIM_METRICS = {"epoch": "epoch", "ft_val_acc": "epoch", "alpha_points_done": "alpha_points_done"}
 TIMING_METRICS = ("finetune_seconds", "eval_seconds", "trial_seconds", "best_epoch", "alpha_points_evaluated")
+COUNT_METRICS = (names.IMAGES, names.ROB_IMAGES)  # what its accuracies rest on
 
 
 def is_accuracy(key: str, value) -> bool:
@@ -56,7 +57,11 @@ class MLflowTrialCallback(Callback):
                 run = self.client.create_run(
                     self.experiment_id,
                     run_name=f"trial-{trial_id}",
-                    tags={names.PARENT_TAG: self.parent_run_id, names.TRIAL_TAG: trial_id},
+                    tags={
+                        names.PARENT_TAG: self.parent_run_id,
+                        names.TRIAL_TAG: trial_id,
+                        names.KIND_TAG: names.KIND_TRIAL,
+                    },
                 )
                 self._runs[trial_id] = run.info.run_id
         return self._runs[trial_id]
@@ -94,14 +99,9 @@ class MLflowTrialCallback(Callback):
             return
         result, run_id = trial.last_result, self.run_id(trial.trial_id)
         now = int(time.time() * 1000)
+        # Its own α's accuracies (every α point of its fine-tune is a model run of its own: orchestration.front).
         metrics = [Metric(k, float(v), now, 0) for k, v in result.items() if is_accuracy(k, v)]
-        for step, row in enumerate(result.get("alpha_path", [])):
-            metrics += [
-                Metric(names.PATH_PREFIX + k, float(v), now, step)
-                for k, v in row.items()
-                if is_accuracy(k, v) or k in ("alpha", names.ROB_IMAGES)
-            ]
-        metrics += [Metric(k, float(result[k]), now, 0) for k in TIMING_METRICS if k in result]
+        metrics += [Metric(k, float(result[k]), now, 0) for k in (*TIMING_METRICS, *COUNT_METRICS) if k in result]
         existing = self.client.get_run(run_id).data.params
         params = [Param(k, str(result[k])) for k in RESOLVED_PARAMS if k in result and k not in existing]
         tags = [
@@ -136,7 +136,10 @@ class ProgressCallback(Callback):
     @property
     def bar(self) -> tqdm:
         if self._bar is None:
-            self._bar = tqdm(total=self.total, initial=self.done, desc="trials", unit="trial", leave=False)
+            # A bar on a terminal only (disable=None): in a log file its carriage returns would split the lines.
+            self._bar = tqdm(
+                total=self.total, initial=self.done, desc="trials", unit="trial", leave=False, disable=None
+            )
         return self._bar
 
     def setup(self, **info) -> None:

@@ -1,116 +1,145 @@
-"""`rift-sweep export`: a trial's model (or the recommended one) as a plain state dict for the user's own code.
+"""`rift-sweep export`: any model of a sweep (the recommended one, or a trial's at any α of its path) for the user's
+own code, in two forms and a sidecar:
 
-The file holds exactly the keys of the input checkpoint (wrappers and `module.` prefixes removed), so it loads
-strictly into the class that wrote that checkpoint; keys our architecture ignores (TRADES' unused `sub_block1`)
-are carried over unchanged. A JSON sidecar records where it came from.
+- OUT (a state dict): exactly the keys of the input checkpoint (wrappers and `module.` prefixes removed), so it
+  loads strictly into the class that wrote that checkpoint; keys our architecture ignores (TRADES' unused
+  `sub_block1`) are carried over unchanged. It holds weights only: a model trained on normalised input needs the
+  sidecar's mean/std in front of it (built-in architectures take them as arguments).
+- OUT with the suffix .pt2 (torch.export): the whole network, normalisation included, for images in [0, 1]; it
+  loads with `torch.export.load(path).module()` and needs no class at all.
+- OUT.json: where it came from (sweep, trial, fine-tune, α, the input checkpoint's sha256), the normalisation, how
+  to load each form, and its validation and test accuracies.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import torch
 
-from rift_sweep import names
 from rift_sweep.config import SweepConfig
+from rift_sweep.core.data import dataset_info
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.files import atomic_write, check_writable, file_sha256
 from rift_sweep.core.models import load_state_dict_file
-from rift_sweep.orchestration.front import trial_model
-from rift_sweep.orchestration.tracking import SweepTracker, child_runs, tag_filter
+from rift_sweep.orchestration.front import model_of
+from rift_sweep.orchestration.tracking import SweepTracker
+from rift_sweep.procedure.experiment import model_normalization, probe_input
+from rift_sweep.procedure.records import Model
+from rift_sweep.procedure.tables import describe_model
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Exported:
     path: Path
+    program: Path
     sidecar: Path
-    trial: dict
+    model: Model
     registered: str | None
 
 
 def export_model(
-    config: SweepConfig, *, out: Path, trial_id: str | None = None, register: str | None = None
+    config: SweepConfig,
+    *,
+    out: Path,
+    trial_id: str | None = None,
+    alpha: float | None = None,
+    register: str | None = None,
 ) -> Exported:
-    """Write the model of trial `trial_id` (None: the recommended one) to `out`, and optionally register the
-    MLflow model of that run under `register`."""
-    check_writable(out)
+    """Write the model of trial `trial_id` at `alpha` (default: the trial's own α), or the recommended model (trial
+    None), to `out` and beside it; optionally register its MLflow model under `register`."""
+    program = out.with_suffix(".pt2")
+    for path in (out, program):
+        check_writable(path)
     tracker = SweepTracker(config, create=False)
     if tracker.parent_run_id is None:
         raise InputError(f"no sweep {config.name!r} in {tracker.uri}; run `rift-sweep sweep` first")
-    run = _find_run(tracker, trial_id)
-    alpha = run.data.tags.get(names.RECOMMENDED_ALPHA_TAG) if trial_id is None else None
-    trial = {
-        "run_id": run.info.run_id,
-        "trial_id": run.data.tags[names.TRIAL_TAG],
-        "finetune_key": run.data.tags[names.FINETUNE_KEY_TAG],
-        "alpha": float(alpha if alpha is not None else run.data.params["alpha"]),
-    }
-    model = trial_model(config, trial)
-    ours = model.state_dict()
-    original = load_state_dict_file(config.model.checkpoint)
-    state = {key: ours[key].detach().cpu() if key in ours else value for key, value in original.items()}
-    with atomic_write(out) as tmp:
-        torch.save(state, tmp)
+    model = _chosen(tracker, trial_id, alpha)
+    network = model_of(config, model)
+    write_export(config, network, out)
     sidecar = out.with_name(out.name + ".json")
     with atomic_write(sidecar) as tmp:
-        tmp.write_text(json.dumps(_provenance(config, run, trial["alpha"], tracker), indent=2, default=str))
-    registered = None
-    if register:
-        registered = tracker.register_model(trial["run_id"], register, model)
-    return Exported(out, sidecar, trial, registered)
+        tmp.write_text(json.dumps(_provenance(config, tracker, model, out, program), indent=2, default=str))
+    registered = tracker.register_model(model.run_id, register, network) if register else None
+    return Exported(out, program, sidecar, model, registered)
 
 
-def _find_run(tracker: SweepTracker, trial_id: str | None):
-    tags = {names.PARENT_TAG: tracker.parent_run_id}
-    tags.update({names.TRIAL_TAG: trial_id} if trial_id else {names.RECOMMENDED_TAG: "true"})
-    runs = [
-        r
-        for r in tracker.client.search_runs([tracker.experiment_id], tag_filter(**tags), max_results=2)
-        if r.info.status == "FINISHED"
-    ]
-    if runs:
-        return runs[0]
-    if trial_id:
-        known = sorted(
-            r.data.tags.get(names.TRIAL_TAG, "?")
-            for r in child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, "FINISHED")
+def _chosen(tracker: SweepTracker, trial_id: str | None, alpha: float | None) -> Model:
+    front = tracker.logged_front()
+    if front is None:
+        raise InputError(f"sweep {tracker.config.name!r} has not published its front yet; finish it first (--resume)")
+    if trial_id is None:
+        if front.recommended is None:
+            raise InputError(
+                f"sweep {tracker.config.name!r} has no recommended model (no fine-tuned model kept validation "
+                f"robustness within alpha.tolerance): export a --trial ID [--alpha A] instead"
+            )
+        return front.recommended
+    trials = {t.trial_id: t for t in tracker.trials()}
+    if trial_id not in trials:
+        raise InputError(
+            f"no finished trial {trial_id!r} in sweep {tracker.config.name!r}; trials: {', '.join(trials)}"
         )
-        raise InputError(f"no finished trial {trial_id!r} in sweep {tracker.config.name!r}; trials: {', '.join(known)}")
-    raise InputError(
-        f"sweep {tracker.config.name!r} has no recommended trial (no trial kept validation robustness "
-        f"within alpha.tolerance, or the sweep has not finished): export a --trial ID instead"
+    trial = trials[trial_id]
+    alpha = trial.alpha if alpha is None else float(alpha)
+    found = next(
+        (m for m in front.models if m.alpha == alpha and (m.is_at or m.finetune.key == trial.finetune.key)), None
     )
+    if found is None:
+        grid = sorted(m.alpha for m in front.models if m.finetune and m.finetune.key == trial.finetune.key)
+        raise InputError(
+            f"trial {trial_id} has no model at α {alpha}; its fine-tune was evaluated at α in {grid} (α 0 is the AT "
+            f"model): pass one of those with --alpha"
+        )
+    return found
 
 
-def _provenance(config: SweepConfig, run, alpha: float, tracker: SweepTracker) -> dict:
-    """Where the exported weights come from, and how they scored. The recommended model is an α of its trial's
-    path (maybe not the trial's own α): its metrics are the ones kept on the parent run."""
-    metrics = run.data.metrics
-    if run.data.tags.get(names.RECOMMENDED_ALPHA_TAG) == str(alpha):
-        parent = tracker.client.get_run(tracker.parent_run_id).data.metrics
-        metrics = {
-            k.removeprefix(names.RECOMMENDED_PREFIX): v
-            for k, v in parent.items()
-            if k.startswith(names.RECOMMENDED_PREFIX)
-        }
-        val = {k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_")}
-    else:
-        val = {k: v for k, v in metrics.items() if k.removesuffix("_low").removesuffix("_high") in names.OBJECTIVES}
+def write_export(config: SweepConfig, network: torch.nn.Module, out: Path) -> tuple[Path, Path]:
+    """The two forms of `network` (a model of the sweep's architecture): OUT, its weights under the input checkpoint's
+    keys, and OUT.pt2, the torch.export program of its forward for [0, 1] images of any batch size."""
+    network = network.cpu().eval().to(memory_format=torch.contiguous_format)
+    ours = network.state_dict()
+    original = load_state_dict_file(config.model.checkpoint)
+    with atomic_write(out) as tmp:
+        torch.save({key: ours[key].detach() if key in ours else value for key, value in original.items()}, tmp)
+    example = probe_input(dataset_info(config.data.dataset)).repeat(2, 1, 1, 1)
+    program = torch.export.export(network, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    buffer = io.BytesIO()  # torch.export.save wants a .pt2 name; the atomic write's temporary file has another
+    torch.export.save(program, buffer)
+    with atomic_write(out.with_suffix(".pt2")) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return out, out.with_suffix(".pt2")
+
+
+def _provenance(config: SweepConfig, tracker: SweepTracker, model: Model, out: Path, program: Path) -> dict:
+    """Where the exported weights come from, how to load them, and how they scored."""
+    mean, std = model_normalization(config, dataset_info(config.data.dataset))
+    normalised = any(m != 0 for m in mean) or any(s != 1 for s in std)
+    ft = model.finetune
     return {
         "sweep": config.name,
-        "trial_id": run.data.tags.get(names.TRIAL_TAG),
-        "mlflow_run_id": run.info.run_id,
-        "recommended": run.data.tags.get(names.RECOMMENDED_ALPHA_TAG) == str(alpha),
+        "model": describe_model(model),
+        "mlflow_run_id": model.run_id,
+        "trial_id": ft.trial_id if ft else None,
+        "module": ft.module if ft else None,
+        "lr": ft.lr if ft else None,
+        "epochs": ft.epochs if ft else None,
+        "alpha": model.alpha,
         "input_checkpoint": config.model.checkpoint,
         "input_checkpoint_sha256": file_sha256(config.model.checkpoint),
-        "model": dataclasses.asdict(config.model),
-        "module": run.data.params.get("module"),
-        "lr": float(run.data.params["lr"]),
-        "epochs": int(run.data.params["epochs"]),
-        "alpha": alpha,
-        "val": val,
-        "test": {k.removeprefix(names.TEST_PREFIX): v for k, v in metrics.items() if k.startswith(names.TEST_PREFIX)},
+        "architecture": dataclasses.asdict(config.model),
+        "normalization": {"mean": list(mean), "std": list(std)} if normalised else None,
+        "load": {
+            "program": f"torch.export.load({str(program)!r}).module()  # images in [0, 1]; normalisation included",
+            "state_dict": f"net.load_state_dict(torch.load({str(out)!r}, weights_only=True))"
+            + ("  # then feed it (x - mean) / std" if normalised else "  # images in [0, 1]"),
+        },
+        "val": model.val.metrics(),
+        "val_versus_at": model.val_versus_at.metrics() if model.val_versus_at else None,
+        "test": model.test.metrics() if model.test else None,
+        "test_versus_at": model.test_versus_at.metrics() if model.test_versus_at else None,
         "config": dataclasses.asdict(config),
     }

@@ -1,48 +1,50 @@
-"""The sweep's results: the AT baseline, the Pareto front of the trials, its test-split evaluation, and the
-picture, table and Parquet export on the sweep's MLflow parent run.
+"""The sweep's results: every model it evaluated (the AT model once, and every α point of every fine-tune's path),
+their Pareto front on validation, the recommended model (the paper's rule over all of them, so it lies on the
+front), the front's test-split evaluation, and what is logged: one MLflow run per model, the picture, the tables
+and the UI's view.
 
-Selection uses validation metrics only; the test split is evaluated for the front, to report.
+Every choice uses validation; the test split only reports, paired with the AT model on the same images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 import ray
 import torch
 
-from rift_sweep import names
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.data import dataset_info
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.selection import paper_rule, pareto_mask
-from rift_sweep.orchestration.callbacks import is_accuracy
 from rift_sweep.orchestration.resources import worker_shape
-from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.orchestration.workers import WorkerPool
 from rift_sweep.procedure.experiment import Experiment, load_at_model, load_experiment
-from rift_sweep.procedure.finetune_cache import load_finetune, spec_state
-from rift_sweep.procedure.plots import pareto_chart
-from rift_sweep.procedure.steps import alpha_points, model_metrics, versus_at
-from rift_sweep.procedure.tables import FrontReport, format_front
+from rift_sweep.procedure.finetune_cache import load_at, load_finetune, save_at, spec_state
+from rift_sweep.procedure.front_html import write_front_html
+from rift_sweep.procedure.plots import front_chart
+from rift_sweep.procedure.records import AT_KEY, AlphaPoint, Examples, Front, Model, Trial
+from rift_sweep.procedure.tables import front_markdown
 
-AT = "at"  # model_examples' key of the AT model
 AUTOATTACK = "autoattack"  # model_examples' job of a model's AutoAttack run
 
 
 def model_examples(
-    pool: WorkerPool, split: str, specs: dict[str, dict | None], autoattack: Collection[str] = ()
-) -> dict[str, dict]:
-    """Per-example correctness ("clean", "robust"; "autoattack" for the keys in `autoattack`) and OOD metrics
-    ("ood") of each model on `split` (worst of attack.test_runs on test). Each model's images are split into one
-    contiguous chunk per worker (`robust_examples(among=...)` gives every image the starts it gets in one call),
-    and the pool hands the chunks out to whichever worker is free, so every GPU stays busy until the last model is
-    done; AutoAttack runs go first, being the longest."""
+    pool: WorkerPool, split: str, specs: dict[str, tuple[str, float] | None], autoattack: Collection[str] = ()
+) -> dict[str, tuple[Examples, dict[str, float]]]:
+    """Per-example correctness (with AutoAttack for the keys in `autoattack`) and OOD accuracy per corruption of each
+    model (spec: (fine-tune key, α); None: the AT model) on `split`, worst of attack.test_runs on test. Each model's
+    images are split into one contiguous chunk per worker (`robust_examples(among=...)` gives every image the starts
+    it gets in one call), and the pool hands the chunks to whichever worker is free, so every GPU stays busy until
+    the last model is done; AutoAttack runs go first, being the longest."""
     chunks = pool.shape.count
     jobs = [(key, AUTOATTACK) for key in autoattack] + [(key, c) for key in specs for c in range(chunks)]
 
@@ -55,205 +57,163 @@ def model_examples(
     done = dict(pool.run(jobs, call))
     results = {}
     for key in specs:
-        parts = [done[(key, c)] for c in range(chunks)]
-        results[key] = {
-            "clean": parts[0]["clean"],
-            "robust": np.logical_or.reduce([part["robust"] for part in parts]),
-            "ood": parts[0]["ood"],
-        }
-        if key in autoattack:
-            results[key]["autoattack"] = done[(key, AUTOATTACK)]
+        parts = [done[(key, c)] for c in range(chunks)]  # (Examples of the chunk, OOD with the first chunk)
+        robust = np.logical_or.reduce([examples.robust for examples, _ in parts])
+        aa = done.get((key, AUTOATTACK))
+        results[key] = (Examples(parts[0][0].clean, robust, autoattack=aa), parts[0][1])
     return results
 
 
-def front_pool(config: SweepConfig, exp: Experiment | None = None) -> WorkerPool:
+def stage_at(tracker: SweepTracker, exp: Experiment, pool: WorkerPool, split: str) -> AlphaPoint:
+    """The AT model on a split, measured once per sweep (on `pool`; AutoAttack too on test with attack.final) and
+    kept: its per-example results in the cache, its accuracies on the parent run."""
+    config = tracker.config
+    found = load_at(config, exp.checkpoint_sha256, split)
+    if found is None:
+        final = [AT_KEY] if split == "test" and config.attack.final == "autoattack" else []
+        examples, ood = model_examples(pool, split, {AT_KEY: None}, final)[AT_KEY]
+        found = save_at(config, exp.checkpoint_sha256, split, AlphaPoint(0.0, examples.scores(ood), examples))
+        tracker.log_at_metrics(split, found.scores.metrics())
+    return found
+
+
+def front_pool(config: SweepConfig, exp: Experiment) -> WorkerPool:
     """The front's workers (one per GPU, else per CPU slot) with the experiment, its test OOD set built here once."""
-    exp = exp or load_experiment(config, device="cpu")
     return WorkerPool(config, ray.put(exp.portable("test")), worker_shape(config.device))
 
 
-def at_metrics(tracker: SweepTracker, split: str, pool: WorkerPool) -> dict[str, float]:
-    """The AT model's metrics on a split, computed once (on `pool`) and kept on the parent run."""
-    return tracker.logged_at_metrics(split) or tracker.log_at_metrics(
-        split, model_metrics(model_examples(pool, split, {AT: None})[AT])
-    )
-
-
-def collect_trials(tracker: SweepTracker) -> list[dict]:
-    trials = []
-    for run in child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status="FINISHED"):
-        params, metrics = run.data.params, run.data.metrics
-        trials.append(
-            {
-                "run_id": run.info.run_id,
-                "trial_id": run.data.tags.get(names.TRIAL_TAG),
-                "module": params.get("module"),
-                "lr": float(params["lr"]),
-                "epochs": int(params["epochs"]),
-                "alpha": float(params["alpha"]),
-                "finetune_key": run.data.tags.get(names.FINETUNE_KEY_TAG),
-                **{k: v for k, v in metrics.items() if is_accuracy(k.removeprefix(names.TEST_PREFIX), v)},
-            }
-        )
-    return sorted(trials, key=lambda t: t["trial_id"])
-
-
-def publish_front(config: SweepConfig, tracker: SweepTracker, exp: Experiment | None = None) -> FrontReport:
-    """Tag the non-dominated trials and the recommended model, evaluate them on test, log it all on the parent.
-    `exp`: the driver's experiment (loaded here when not given)."""
-    trials = collect_trials(tracker)
+def publish_front(config: SweepConfig, tracker: SweepTracker, exp: Experiment | None = None) -> Front:
+    """Every evaluated model, its front and the recommended model; the front's test evaluation (models evaluated by an
+    earlier call keep theirs); a run per model in MLflow, the artifacts and the UI view. `exp`: the driver's."""
+    trials = tracker.trials()
     if not trials:
         raise InputError(f"sweep {config.name!r} has no finished trial yet; run `rift-sweep sweep` (or --resume) first")
-    objectives = config.search.objectives
-    mask = pareto_mask([[t[o] for o in objectives] for t in trials])
-    for trial, on_front in zip(trials, mask):
-        trial["on_front"] = bool(on_front)
-        tracker.client.set_tag(trial["run_id"], names.PARETO_TAG, "true" if on_front else "false")
-    at_val = tracker.logged_at_metrics("val")
-    unique = {t["finetune_key"]: t for t in reversed(trials)}.values()  # one per fine-tune: trials may share one
-    points = alpha_points([{**t, "alpha_path": _cached_path(config, t)} for t in unique])
-    recommended = recommend(config, tracker, points, at_val)
-    untested = [t for t in trials if t["on_front"] and names.TEST_PREFIX + names.STD_ACC not in t]
-    at_test = tracker.logged_at_metrics("test")
-    versus = recommended is not None and "test" not in recommended  # it measures the AT model on test too
-    specs = {_model_key(t): t for t in untested}
-    if versus:
-        specs[_model_key(recommended)] = recommended
-    if versus or at_test is None:
-        specs[AT] = None
-    final = {AT, _model_key(recommended)} if versus and config.attack.final == "autoattack" else ()
-    tested = {}
-    if specs:
+    exp = exp or load_experiment(config, device="cpu")
+    at_val = load_at(config, exp.checkpoint_sha256, "val")
+    front = choose(config, evaluated_models(config, trials, at_val), at_val)
+    logged = tracker.logged_models()
+    front = dataclasses.replace(front, models=[_with_logged_test(m, logged.get(m.key)) for m in front.models])
+    untested = [m for m in test_selection(front, config.front.test_models) if m.test is None]
+    if untested:
         with front_pool(config, exp) as pool:
-            tested = model_examples(pool, "test", {k: _spec(v) for k, v in specs.items()}, final)
-    for trial in untested:
-        metrics = {names.TEST_PREFIX + k: v for k, v in model_metrics(tested[_model_key(trial)]).items()}
-        tracker.log_metrics(trial["run_id"], metrics)
-        trial.update(metrics)
-    if at_test is None:
-        at_test = tracker.log_at_metrics("test", model_metrics(tested[AT]))
-    if versus:
-        recommended["test"] = versus_at(tested[AT], tested[_model_key(recommended)])
-        tracker.log_metrics(tracker.parent_run_id, _recommended_metrics(recommended))
-        tracker.log_model(recommended["run_id"], trial_model(config, recommended))
-    report = FrontReport(
-        trials,
-        at_val,
-        at_test,
-        objectives,
-        tracker.client.get_run(tracker.parent_run_id).info.artifact_uri,
-        tracker.ui_hint(),
-        points=points,
-        recommended=recommended,
-        tolerance=config.alpha.tolerance,
-    )
-    _log_front_artifacts(config, tracker, report)
-    tracker.client.set_tag(tracker.parent_run_id, names.FRONT_SIZE_TAG, str(len(report.front)))
-    return report
+            at_test = stage_at(tracker, exp, pool, "test")
+            front = _tested(front, untested, pool, at_test, config)
+    front = tracker.log_models(front, trials)
+    _log_front_artifacts(tracker, front)
+    if front.recommended is not None:
+        tracker.log_model(front.recommended.run_id, model_of(config, front.recommended))
+    return front
 
 
-def recommend(config: SweepConfig, tracker: SweepTracker, points: list[dict], at_val: dict) -> dict | None:
-    """The paper's rule over every α point the sweep evaluated (validation): the largest std_acc with rob_acc
-    ≥ AT − alpha.tolerance. The paper's own procedure is among the points (search.start_from_paper), so the
-    recommendation is never worse than it on validation. Tagged on its trial's run (with its α); its test
-    metrics, once computed, are kept on the parent run."""
-    chosen = paper_rule(points, at_rob_acc=at_val[names.ROB_ACC], tolerance=config.alpha.tolerance)
-    if chosen is None or chosen["alpha"] == 0.0:  # α = 0 is the AT model itself: nothing to recommend over it
-        chosen = None
-    for run_id in {p["run_id"] for p in points}:
-        mine = chosen is not None and run_id == chosen["run_id"]
-        tracker.client.set_tag(run_id, names.RECOMMENDED_TAG, "true" if mine else "false")
-    if chosen is None:
-        return None
-    chosen = dict(chosen)
-    tracker.client.set_tag(chosen["run_id"], names.RECOMMENDED_ALPHA_TAG, str(chosen["alpha"]))
-    logged = tracker.client.get_run(tracker.parent_run_id).data.metrics
-    prefix = names.RECOMMENDED_PREFIX
-    if logged.get(prefix + "alpha") == chosen["alpha"] and prefix + "test_std_acc" in logged:  # a re-run of report
-        chosen["test"] = _unflatten({k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)})
-    return chosen
+def evaluated_models(config: SweepConfig, trials: list[Trial], at_val: AlphaPoint) -> list[Model]:
+    """The AT model, then every α > 0 point of every fine-tune the trials used, once each (a fine-tune reused by
+    several trials is one path; its models are credited to the trial that made it)."""
+    models = [Model(None, 0.0, at_val.scores)]
+    made_first = sorted(trials, key=lambda t: (t.reused, t.trial_id))
+    for key in dict.fromkeys(t.finetune.key for t in made_first):
+        finetune = next(t.finetune for t in made_first if t.finetune.key == key)
+        cached = load_finetune(config, key)
+        if cached is None:
+            raise InputError(
+                f"the fine-tune {key} is not in the cache under {config.output_path}; was the output folder moved "
+                f"or cleaned?"
+            )
+        models += [
+            Model(finetune, p.alpha, p.scores, p.examples.versus(at_val.examples)) for p in cached.path if p.alpha > 0
+        ]
+    return models
 
 
-def _recommended_metrics(recommended: dict) -> dict[str, float]:
-    test = recommended["test"]
-    val = {
-        f"val_{k}": v
-        for k, v in recommended.items()
-        if isinstance(v, (int, float)) and k.removesuffix("_low").removesuffix("_high") in names.OBJECTIVES
-    }
-    flat = {
-        "alpha": recommended["alpha"],
-        **val,
-        **{f"test_{k}": v for k, v in test.items() if k.startswith("p_")},
-        **{f"test_{k}": v for k, v in test["model"].items()},
-        **{f"test_at_{k}": v for k, v in test["at"].items()},
-    }
-    return {names.RECOMMENDED_PREFIX + k: v for k, v in flat.items()}
+def choose(config: SweepConfig, models: list[Model], at_val: AlphaPoint) -> Front:
+    """The Pareto front of the objectives over every model, and the paper's rule over every model (validation)."""
+    objectives = config.search.objectives
+    on_front = pareto_mask([[m.val.objective(o) for o in objectives] for m in models])
+    points = [(m.val.std.value, m.val.rob.value, m.alpha) for m in models]
+    pick = paper_rule(points, at_val.scores.rob.value, config.alpha.tolerance)
+    recommended = None if pick is None or models[pick].is_at else models[pick]  # α = 0 is the AT model itself
+    keys = frozenset(m.key for m, keep in zip(models, on_front) if keep)
+    return Front(models, keys, recommended, tuple(objectives), config.alpha.tolerance)
 
 
-def _unflatten(flat: dict) -> dict:
-    return {
-        **{k.removeprefix("test_"): v for k, v in flat.items() if k.startswith("test_p_")},
-        "model": {
-            k.removeprefix("test_"): v
-            for k, v in flat.items()
-            if k.startswith("test_") and not k.startswith(("test_at_", "test_p_"))
-        },
-        "at": {k.removeprefix("test_at_"): v for k, v in flat.items() if k.startswith("test_at_")},
-    }
+def test_selection(front: Front, limit: int) -> list[Model]:
+    """The models evaluated on test: the AT model, the recommended model, and the front's models, at most `limit`
+    of the fine-tuned ones: spread evenly along the front by validation clean accuracy when it is longer."""
+    tuned = [m for m in front.front if not m.is_at and m != front.recommended]
+    room = max(0, limit - (front.recommended is not None))
+    if len(tuned) > room:
+        tuned = [tuned[round(i * (len(tuned) - 1) / max(1, room - 1))] for i in range(room)] if room else []
+    return list({m.key: m for m in [front.at, *([front.recommended] if front.recommended else []), *tuned]}.values())
 
 
-def _cached_path(config: SweepConfig, trial: dict) -> list[dict]:
-    cached = load_finetune(config, trial["finetune_key"]) if trial.get("finetune_key") else None
-    return (cached or {}).get("alpha_path", [])
+def _tested(front: Front, untested: list[Model], pool: WorkerPool, at_test: AlphaPoint, config: SweepConfig) -> Front:
+    """The models with their test scores and their paired comparison with the AT model on the same images."""
+    specs = {m.key: (m.finetune.key, m.alpha) for m in untested if not m.is_at}
+    final = [front.recommended.key] if front.recommended and config.attack.final == "autoattack" else []
+    found = model_examples(pool, "test", specs, [k for k in final if k in specs])
+    found[AT_KEY] = (at_test.examples, at_test.scores.ood_corruptions)
+
+    def tested(model: Model) -> Model:
+        if model.key not in found or model.test is not None:
+            return model
+        examples, ood = found[model.key]
+        versus = None if model.is_at else examples.versus(at_test.examples)
+        return dataclasses.replace(model, test=examples.scores(ood), test_versus_at=versus)
+
+    models = [tested(m) for m in front.models]
+    recommended = next((m for m in models if front.recommended and m.key == front.recommended.key), None)
+    return dataclasses.replace(front, models=models, recommended=recommended)
 
 
-def _model_key(trial: dict) -> str:
-    """Trials and α points that share a fine-tune and an α are one model, evaluated once; α = 0 is the AT model."""
-    return AT if trial["alpha"] == 0.0 else f"{trial['finetune_key']}@{trial['alpha']!r}"
+def _with_logged_test(model: Model, logged: Model | None) -> Model:
+    """A model with the test results an earlier publication logged (the same model: same key)."""
+    if logged is None or logged.test is None:
+        return model
+    return dataclasses.replace(model, test=logged.test, test_versus_at=logged.test_versus_at)
 
 
-def _spec(trial: dict | None) -> dict | None:
-    return None if trial is None else {"finetune_key": trial["finetune_key"], "alpha": trial["alpha"]}
+def model_of(config: SweepConfig, model: Model) -> torch.nn.Module:
+    """The network a model stands for: θ_AT, or θ_AT interpolated towards its cached fine-tune at its α."""
+    network = load_at_model(config, dataset_info(config.data.dataset))
+    spec = None if model.is_at else (model.finetune.key, model.alpha)
+    network.load_state_dict(spec_state(config, network.state_dict(), spec))
+    return network
 
 
-def trial_model(config: SweepConfig, trial: dict) -> torch.nn.Module:
-    """The model a trial stands for: θ_AT interpolated towards its cached fine-tune at its α."""
-    model = load_at_model(config, dataset_info(config.data.dataset))
-    model.load_state_dict(spec_state(config, model.state_dict(), trial))
-    return model
+def model_table(front: Front) -> pa.Table:
+    """Every evaluated model as one flat row: validation and test accuracies with their 95 % bounds, the paired
+    changes against the AT model, whether it is on the front, recommended, screened."""
+    rows = []
+    for m in front.models:
+        ft = m.finetune
+        rows.append(
+            {
+                "model": m.key,
+                "trial_id": ft.trial_id if ft else None,
+                "module": ft.module if ft else None,
+                "lr": ft.lr if ft else None,
+                "epochs": ft.epochs if ft else None,
+                "alpha": m.alpha,
+                "on_front": m.key in front.on_front,
+                "recommended": front.recommended is not None and m.key == front.recommended.key,
+                "screened": m.val.screened,
+                **m.val.metrics(),
+                **(m.val_versus_at.metrics() if m.val_versus_at else {}),
+                **(m.test.metrics("test_") if m.test else {}),
+                **(m.test_versus_at.metrics("test_") if m.test_versus_at else {}),
+                "run_id": m.run_id,
+            }
+        )
+    return pa.Table.from_pylist(rows)
 
 
-def _log_front_artifacts(config: SweepConfig, tracker: SweepTracker, report: FrontReport) -> None:
+def _log_front_artifacts(tracker: SweepTracker, front: Front) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        pareto_chart(report, folder / "pareto.png")
-        (folder / "front.md").write_text(format_front(report) + "\n")
-        pq.write_table(pa.Table.from_pylist(_trial_table(report)), folder / "trials.parquet")
-        for name in ("pareto.png", "front.md", "trials.parquet"):
+        front_chart(front, folder / "front.png")
+        write_front_html(front, folder / "front.html")
+        (folder / "front.md").write_text(front_markdown(front) + "\n")
+        table = model_table(front)
+        pq.write_table(table, folder / "models.parquet")
+        pyarrow.csv.write_csv(table, folder / "models.csv")
+        for name in ("front.png", "front.html", "front.md", "models.parquet", "models.csv"):
             tracker.client.log_artifact(tracker.parent_run_id, str(folder / name))
-
-
-_ACCURACIES = tuple(f"{o}{s}" for o in names.OBJECTIVES for s in ("", *names.INTERVAL_SUFFIXES))
-_TRIAL = ("trial_id", "run_id", "module", "lr", "epochs", "finetune_key")
-_COLUMNS = (*_TRIAL, "alpha", *_ACCURACIES, "on_front", *(names.TEST_PREFIX + a for a in _ACCURACIES))
-
-
-def _trial_table(report: FrontReport) -> list[dict]:
-    """Every trial (kind 'trial'), and every α point its fine-tune evaluated (kind 'alpha_path'; the recommended
-    one marked), as flat rows with 95 % Wilson bounds beside each accuracy."""
-    rows = [{"kind": "trial", **{k: t.get(k) for k in _COLUMNS}, "recommended": False} for t in report.trials]
-    best = report.recommended
-    for point in report.points:
-        mine = best is not None and point["run_id"] == best["run_id"] and point["alpha"] == best["alpha"]
-        rows.append(
-            {"kind": "alpha_path", **{k: point.get(k) for k in (*_TRIAL, "alpha", *_ACCURACIES)}, "recommended": mine}
-        )
-    return rows
-
-
-def describe_where(report: FrontReport) -> str:
-    return (
-        f"picture and tables: {report.artifact_uri}/pareto.png, front.md, trials.parquet\n"
-        f"MLflow UI: {report.ui_hint}\n  filter the runs with: {names.PARETO_FILTER}   or: {names.RECOMMENDED_FILTER}"
-    )

@@ -24,15 +24,16 @@ from rift_sweep.orchestration.preflight import check_devices, check_ray_address,
 from rift_sweep.orchestration.resources import gpus_requested, init_ray, quiet_dependencies
 from rift_sweep.orchestration.sweep import SweepOutcome, run_sweep
 from rift_sweep.orchestration.tracking import SweepTracker, user_code_file
+from rift_sweep.procedure.records import Front
 from rift_sweep.procedure.steps import choose_modules
-from rift_sweep.procedure.tables import FrontReport
 
 
 @dataclass
 class SweepResult:
     config: SweepConfig
     outcome: SweepOutcome
-    report: FrontReport | None  # None when the sweep stopped before every trial finished
+    front: Front | None  # None when the sweep stopped before every trial finished
+    where: str  # where to look: artifacts, the UI
 
 
 def launch_sweep(
@@ -59,9 +60,9 @@ def launch_sweep(
         try:
             with _sigterm_as_interrupt():
                 outcome = run_sweep(config, tracker, workers=workers, progress=progress, verbose=verbose, exp=exp)
-                report = publish_front(config, tracker, exp) if outcome.complete else None
-            status = "FINISHED" if report is not None else "KILLED"
-            return SweepResult(config, outcome, report)
+                front = publish_front(config, tracker, exp) if outcome.complete else None
+            status = "FINISHED" if front is not None else "KILLED"
+            return SweepResult(config, outcome, front, tracker.where())
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -73,18 +74,23 @@ def launch_mrc(
     config: SweepConfig, *, workers: int | None = None, address: str | None = None, gpus: int | None = None
 ) -> tuple[MRCStage, list[str], SweepTracker]:
     """Stage 1 alone: the MRC table (cached, resumable) and the module(s) it chooses, logged on the parent run."""
-    from rift_sweep.orchestration.preflight import check_tracking
+    from rift_sweep.orchestration.preflight import check_stage_one_folder, check_tracking
     from rift_sweep.procedure.experiment import check_module_choice, load_experiment
 
+    folder = check_stage_one_folder(config)
+    if folder.exists:
+        config = _resumable(folder.config, config, None)
     check_tracking(config)
     check_ray_address(address)
     check_module_choice(config)
     exp = load_experiment(config, device="cpu", check=True)
     with on_cluster(config, address=address, gpus=gpus, verbose=False, progress=True):
+        save_resolved_config(config)  # the folder is this sweep's: `rift-sweep sweep` carries on from here
         stage = run_mrc_stage(config, workers=workers, exp=exp)
     chosen = choose_modules([r["module"] for r in stage.rows], config.modules)
     tracker = SweepTracker(config)
     tracker.log_mrc(stage.rows, chosen, stage.table_path)
+    tracker.finish_parent("FINISHED")  # stage 1 is done; a sweep marks its run RUNNING again
     return stage, chosen, tracker
 
 
@@ -107,16 +113,6 @@ def on_cluster(config: SweepConfig, *, address: str | None, gpus: int | None, ve
         yield
 
 
-def launch_report(config: SweepConfig, *, address: str | None = None) -> FrontReport:
-    """The front of a finished sweep, evaluated on test where it is not yet (`rift-sweep report`)."""
-    tracker = SweepTracker(config, create=False)
-    if tracker.parent_run_id is None:
-        raise InputError(f"no sweep {config.name!r} in {tracker.uri}; run `rift-sweep sweep` first")
-    check_ray_address(address)
-    init_ray(address, user_code_env(config))
-    return publish_front(config, tracker)
-
-
 def user_code_env(config: SweepConfig) -> dict | None:
     """Ray's runtime_env that ships the user's model file to every actor and trial, on every node."""
     code = user_code_file(config)
@@ -135,8 +131,9 @@ def _resumable(saved: SweepConfig, given: SweepConfig, num_samples: int | None) 
         "num_samples": 0,
     }:
         raise InputError(
-            f"--resume: the config differs from the sweep's own in {', '.join(differ) or 'search'} "
-            f"({saved.output_path / 'sweep_config.yaml'}); resume with the same config"
+            f"the config differs from the one the sweep in {saved.output_path} was started with, in "
+            f"{', '.join(differ) or 'search'} ({saved.output_path / 'sweep_config.yaml'}); carry it on with the same "
+            f"config, or give another --output"
         )
     if num_samples is None:
         return saved

@@ -138,7 +138,7 @@ def _score(pool: WorkerPool, modules: list[str], progress: bool) -> Iterator[dic
     [(_, adversarial)] = pool.run([ADVERSARIAL_SET], lambda actor, _: actor.adversarial_set.remote())
     shared = ray.put(adversarial)
     pool.prepare(lambda actor: actor.use_adversarial_set.remote(shared))
-    with tqdm(total=len(modules), desc="MRC", unit="module", disable=not progress) as bar:
+    with tqdm(total=len(modules), desc="MRC", unit="module", disable=None if progress else True) as bar:
         for module, row in pool.run(modules, lambda actor, module: actor.score.remote(module)):
             bar.update()
             bar.set_postfix_str(f"{module}: {row['mrc']:.4f}")

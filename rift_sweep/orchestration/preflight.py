@@ -37,7 +37,8 @@ class FolderState:
 
 
 def check_output_folder(config: SweepConfig, *, resume: bool) -> FolderState:
-    """A new or empty folder for a new sweep; the same sweep's folder for --resume; nothing else."""
+    """A new or empty folder for a new sweep; the same sweep's folder for --resume, or without it when only stage 1
+    ran there (`rift-sweep mrc`: the sweep carries on from its MRC cache); nothing else."""
     folder = config.output_path
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output folder {folder} is a file; give --output a folder (new or holding this sweep)")
@@ -50,15 +51,15 @@ def check_output_folder(config: SweepConfig, *, resume: bool) -> FolderState:
     resolved = folder / names.RESOLVED_CONFIG
     if resolved.is_file():
         previous = load_config(resolved)
-        if not resume:
-            raise InputError(
-                f"a sweep already exists at {folder}: carry it on with --resume, or give another "
-                f"`name`/--output to start a new one"
-            )
         if previous.name != config.name:
             raise InputError(
                 f"{folder} holds the sweep {previous.name!r}, not {config.name!r}; resume it with its own "
                 f"config or give another --output"
+            )
+        if not resume and (folder / names.TUNE_DIR).exists():
+            raise InputError(
+                f"a sweep already exists at {folder}: carry it on with --resume, or give another "
+                f"`name`/--output to start a new one"
             )
         return FolderState(True, previous)
     if folder.is_dir() and any(folder.iterdir()):
@@ -66,6 +67,11 @@ def check_output_folder(config: SweepConfig, *, resume: bool) -> FolderState:
     if resume:
         raise InputError(f"--resume: no sweep to resume at {folder}; start it without --resume")
     return FolderState(False, None)
+
+
+def check_stage_one_folder(config: SweepConfig) -> FolderState:
+    """`rift-sweep mrc`: a new or empty folder, or this sweep's own (a rerun scores only the modules missing)."""
+    return check_output_folder(config, resume=(config.output_path / names.RESOLVED_CONFIG).is_file())
 
 
 def check_tracking(config: SweepConfig) -> None:

@@ -31,6 +31,8 @@ from rift_sweep.orchestration.devices import gpu_job
 from rift_sweep.orchestration.workers import Shipped, worker_experiment
 from rift_sweep.procedure.experiment import Experiment, load_experiment
 from rift_sweep.procedure.finetune_cache import (
+    CachedFinetune,
+    PartialFinetune,
     finetune_key,
     load_finetune,
     load_partial,
@@ -38,6 +40,7 @@ from rift_sweep.procedure.finetune_cache import (
     save_finetune,
     save_partial,
 )
+from rift_sweep.procedure.records import AlphaPoint
 from rift_sweep.procedure.steps import alpha_by_rule, alpha_path, finetune
 
 CHECKPOINT_FILE = "trial_state.pt"
@@ -151,94 +154,94 @@ def trial_choice(config: SweepConfig, params: dict, modules: list[str]) -> tuple
     return params.get("module", modules[0]), settings, alpha
 
 
-def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at_val: dict, shipped: Shipped) -> None:
-    """One Tune trial: fine-tune (or reuse), evaluate the α path on validation, report the trial's α."""
+def rift_trial(params: dict, *, config: SweepConfig, modules: list[str], at: AlphaPoint, shipped: Shipped) -> None:
+    """One Tune trial: fine-tune (or reuse), evaluate the α path on validation, report the trial's α. `at`: the AT
+    model on validation (α = 0 of every path)."""
     with gpu_job(f"trial {tune.get_context().get_trial_id()}"):
-        _trial(params, worker_experiment(config, shipped), modules, at_val)
+        _trial(params, worker_experiment(config, shipped), modules, at)
 
 
-def _trial(params: dict, exp: Experiment, modules: list[str], at_val: dict) -> None:
+def _trial(params: dict, exp: Experiment, modules: list[str], at: AlphaPoint) -> None:
     start, config = time.perf_counter(), exp.config
     module, settings, alpha = trial_choice(config, params, modules)
     key = finetune_key(config, exp.checkpoint_sha256, module, settings)
     cached = load_finetune(config, key)
     reused = cached is not None
     if cached is None:
-        cached = _finetune_and_evaluate(exp, key, module, settings, at_val, in_full=alpha)
+        cached = _finetune_and_evaluate(exp, key, module, settings, at, in_full=alpha)
         save_finetune(config, key, cached)
         partial_path(config, key).unlink(missing_ok=True)
-    path = cached["alpha_path"]
     if alpha is None:  # α not searched: the paper's rule picks it from the validation path
-        alpha = alpha_by_rule(path, at_val, config.alpha.tolerance)
+        alpha = alpha_by_rule(cached.path, at.scores, config.alpha.tolerance)
     eval_start = time.perf_counter()
-    metrics, n = next((row for row in path if row["alpha"] == alpha), None), len(exp.splits.val)
-    if metrics is None or metrics.get(names.ROB_IMAGES, n) < n:  # off the grid, or screened: all of validation
-        metrics = exp.evaluate(interpolate_state(exp.at_state, cached["best_state"], alpha), "val")
-    eval_seconds = time.perf_counter() - eval_start + (0.0 if reused else cached["eval_seconds"])
+    point = cached.point(alpha)
+    scores = point.scores if point is not None else None
+    if scores is None or scores.screened:  # off the grid, or screened: all of validation
+        scores = exp.evaluate(interpolate_state(exp.at_state, cached.best_state, alpha), "val")
+    eval_seconds = time.perf_counter() - eval_start + (0.0 if reused else cached.eval_seconds)
     tune.report(
         {
-            **{k: v for k, v in metrics.items() if k != "alpha"},
+            **scores.metrics(),
             "alpha": alpha,
             "lr": settings.lr,
             "epochs": settings.epochs,
             "module": module,
             "finetune_key": key,
             "finetune_reused": reused,
-            "best_epoch": cached["best_epoch"],
-            "alpha_path": path,
-            "finetune_seconds": 0.0 if reused else cached["finetune_seconds"],
+            "best_epoch": cached.best_epoch,
+            "alpha_path": [{"alpha": p.alpha, **p.scores.metrics()} for p in cached.path],  # for the searcher
+            "finetune_seconds": 0.0 if reused else cached.finetune_seconds,
             "eval_seconds": eval_seconds,
             "trial_seconds": time.perf_counter() - start,
             "pid": os.getpid(),
-            "alpha_points_evaluated": 0 if reused else cached["alpha_points_evaluated"],
+            "alpha_points_evaluated": 0 if reused else cached.points_evaluated,
         }
     )
 
 
 def _finetune_and_evaluate(
-    exp: Experiment, key: str, module: str, settings: FinetuneSettings, at_val: dict, in_full: float | None
-) -> dict:
+    exp: Experiment, key: str, module: str, settings: FinetuneSettings, at: AlphaPoint, in_full: float | None
+) -> CachedFinetune:
     """Fine-tune (a Tune checkpoint after every epoch), then the α path (progress in the fine-tune cache after every
     point; the trial's own α `in_full` never left screened): a retried or resumed trial carries on where it stopped
     instead of starting again."""
     config = exp.config
     partial = load_partial(config, key)
     if partial is not None:  # killed during the α path: the fine-tune and the points done are kept
-        state = FinetuneState(**partial["finetune"])
+        state = partial.state
         result = FinetuneResult(state.best_state, state.best_epoch, list(state.val_acc), 0.0)
     else:
         result = finetune(exp, module, settings, resume=_restore_state(), on_epoch=_report_epoch)
         state = FinetuneState(settings.epochs, None, None, result.val_acc, result.best_epoch, result.best_state)
-    done = {row["alpha"]: row for row in (partial or {}).get("path", [])}
-    save_partial(config, key, {"finetune": dataclasses.asdict(state), "path": list(done.values())})
+    done = {p.alpha: p for p in (partial.path if partial else [])}
+    save_partial(config, key, PartialFinetune(state, list(done.values())))
     evaluated = []
 
-    def report_point(row: dict) -> None:
-        done[row["alpha"]] = row
-        evaluated.append(row["alpha"])
-        save_partial(config, key, {"finetune": dataclasses.asdict(state), "path": list(done.values())})
+    def report_point(point: AlphaPoint) -> None:
+        done[point.alpha] = point
+        evaluated.append(point.alpha)
+        save_partial(config, key, PartialFinetune(state, list(done.values())))
         tune.report({"alpha_points_done": len(done), "pid": os.getpid()})
 
     eval_start = time.perf_counter()
     path = alpha_path(
         exp,
         result.best_state,
-        at_val,
+        at,
         progress=False,
         known=done,
         on_point=report_point,
         in_full=[] if in_full is None else [in_full],
     )
-    return {
-        "alpha_points_evaluated": len(evaluated),
-        "best_state": result.best_state,
-        "best_epoch": result.best_epoch,
-        "val_acc": result.val_acc,
-        "alpha_path": path,
-        "finetune_seconds": result.seconds,
-        "eval_seconds": time.perf_counter() - eval_start,
-        "module": module,
-    }
+    return CachedFinetune(
+        best_state=result.best_state,
+        best_epoch=result.best_epoch,
+        val_acc=result.val_acc,
+        path=path,
+        finetune_seconds=result.seconds,
+        eval_seconds=time.perf_counter() - eval_start,
+        points_evaluated=len(evaluated),
+    )
 
 
 def _report_epoch(state: FinetuneState) -> None:
@@ -294,7 +297,7 @@ def run_sweep(
     starts from the old study."""
     from ray.tune import Tuner
 
-    from rift_sweep.orchestration.front import at_metrics
+    from rift_sweep.orchestration.front import stage_at
     from rift_sweep.orchestration.mrc_pool import run_mrc_stage, stage_pool
     from rift_sweep.orchestration.resources import worker_shape
     from rift_sweep.orchestration.tracking import close_orphaned_runs
@@ -308,18 +311,21 @@ def run_sweep(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     exp = exp or load_experiment(config, device="cpu")  # the driver only reads weights and data
     with stage_pool(config, exp, workers) as pool:  # stage 1's workers, ended with it
-        at_val = at_metrics(tracker, "val", pool)
+        at = stage_at(tracker, exp, pool, "val")
         if progress:
-            print(describe_at(at_val, len(exp.splits.val)), flush=True)
+            print(describe_at(at.scores), flush=True)
         stage = run_mrc_stage(config, progress=progress, exp=exp, pool=pool)
-    if progress and stage.skipped:
-        print(f"never run in a forward pass, so not scored: {', '.join(stage.skipped)}", flush=True)
     modules = choose_modules([r["module"] for r in stage.rows], config.modules)
+    if progress:
+        cached = len(stage.rows) - len(stage.computed)
+        print(f"MRC: {len(stage.computed)} module(s) scored, {cached} from the cache; fine-tuning {', '.join(modules)}")
+        if stage.skipped:
+            print(f"never run in a forward pass, so not scored: {', '.join(stage.skipped)}", flush=True)
     tracker.log_mrc(stage.rows, modules, stage.table_path)
     shape = worker_shape(config.device, per_gpu=config.search.trials_per_gpu)
     shipped = Shipped(pool.data)  # the experiment stage 1 shipped, its validation OOD set included
     trainable = tune.with_resources(
-        tune.with_parameters(rift_trial, config=config, modules=modules, at_val=at_val, shipped=shipped),
+        tune.with_parameters(rift_trial, config=config, modules=modules, at=at, shipped=shipped),
         {"cpu": shape.num_cpus, "gpu": shape.num_gpus},
     )
     close_orphaned_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id)
@@ -347,11 +353,8 @@ def run_sweep(
 
 
 def finished_trials(tracker) -> int:
-    """Trials with a result, across every Tune experiment of the sweep: its FINISHED MLflow child runs."""
-    from rift_sweep.orchestration.tracking import child_runs
-
-    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status="FINISHED")
-    return len({r.data.tags.get(names.TRIAL_TAG) for r in runs})
+    """Trials with a result, across every Tune experiment of the sweep: its FINISHED trial runs."""
+    return len({trial.trial_id for trial in tracker.trials()})
 
 
 def _segment_file(path: Path) -> Path:

@@ -7,19 +7,22 @@ No Ray here: `rift-sweep ui` and `report` read the store without starting anythi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from rift_sweep import names
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.files import file_sha256
-from rift_sweep.procedure.plots import mrc_bar_chart
+from rift_sweep.orchestration.ui_view import RUN_COLOR_TAG, run_color, view_tag, view_url
+from rift_sweep.procedure.records import FineTune, Front, Model, Scores, Trial, Versus
+from rift_sweep.procedure.tables import describe_model
 
 
 def tracking_uri(config: SweepConfig) -> str:
@@ -94,16 +97,24 @@ class SweepTracker:
         if resolved.is_file():
             self.client.log_artifact(run_id, str(resolved), "config")
 
+    def where(self) -> str:
+        """Where a finished sweep's results are: the front's artifacts and the UI."""
+        artifacts = self.client.get_run(self.parent_run_id).info.artifact_uri
+        return (
+            f"picture and tables: {artifacts}/front.html (interactive), front.png, front.md, models.csv\n"
+            f"MLflow UI: {self.ui_hint()}"
+        )
+
     def ui_hint(self) -> str:
-        if self.uri.startswith("sqlite:///"):
-            return (
-                f"rift-sweep ui --sweep {self.config.name} --output {self.config.output_path}"
-                f"   (or: mlflow ui --backend-store-uri {self.uri})"
-            )
-        return f"open {self.uri} in a browser"
+        """How to see the sweep's front in the UI: its view's URLs on a server, else the command that serves it."""
+        if self.uri.startswith(("http://", "https://")):
+            return "the front: {}\n  its table: {}".format(*self.view_urls(self.uri.rstrip("/") + "/"))
+        return f"rift-sweep ui --sweep {self.config.name} --output {self.config.output_path}"
 
     def log_mrc(self, rows: list[dict], chosen: list[str], table_path: Path) -> None:
         """The MRC table (Parquet), the bar chart, and the chosen module(s) on the parent run."""
+        from rift_sweep.procedure.plots import mrc_bar_chart  # matplotlib: only where a picture is drawn
+
         run_id = self.parent_run_id
         self.client.log_artifact(run_id, str(table_path), "mrc")
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,6 +140,106 @@ class SweepTracker:
     def log_at_metrics(self, split: str, metrics: dict[str, float]) -> dict[str, float]:
         self.log_metrics(self.parent_run_id, {names.at_prefix(split) + k: v for k, v in metrics.items()})
         return metrics
+
+    def trials(self) -> list[Trial]:
+        """The sweep's finished Tune trials (their runs), oldest id first."""
+        runs = child_runs(self.client, self.experiment_id, self.parent_run_id, status="FINISHED")
+        trials = [
+            _trial_of(run) for run in runs if run.data.tags.get(names.KIND_TAG, names.KIND_TRIAL) == names.KIND_TRIAL
+        ]
+        return sorted(trials, key=lambda t: t.trial_id)
+
+    def logged_models(self) -> dict[str, Model]:
+        """The sweep's model runs, read back as records, by model key."""
+        return {run.data.tags[names.MODEL_KEY_TAG]: _model_of(run) for run in self._model_runs()}
+
+    def logged_front(self) -> Front | None:
+        """The front as the sweep last published it (read only: no evaluation); None before it was published."""
+        runs = self._model_runs()
+        if not runs:
+            return None
+        models = sorted((_model_of(run) for run in runs), key=lambda m: (not m.is_at, m.key))
+        tagged = {
+            tag: {r.data.tags[names.MODEL_KEY_TAG] for r in runs if r.data.tags.get(tag) == "true"}
+            for tag in (names.PARETO_TAG, names.RECOMMENDED_TAG)
+        }
+        recommended = next((m for m in models if m.key in tagged[names.RECOMMENDED_TAG]), None)
+        config = self.config
+        return Front(
+            models,
+            frozenset(tagged[names.PARETO_TAG]),
+            recommended,
+            tuple(config.search.objectives),
+            config.alpha.tolerance,
+        )
+
+    def _model_runs(self) -> list:
+        query = tag_filter(**{names.SWEEP_RUN_TAG: self.parent_run_id, names.KIND_TAG: names.KIND_MODEL})
+        return self.client.search_runs([self.experiment_id], query, max_results=50_000)
+
+    def log_models(self, front: Front, trials: list[Trial]) -> Front:
+        """One run per evaluated model (created once, found again by its key): under the run of the trial that made
+        its fine-tune (the AT model under the sweep's run), tagged pareto / recommended / screened, named so that the
+        front reads in the UI; returns the front with each model's run id."""
+        logged, parents = self.logged_models(), {t.trial_id: t.run_id for t in trials}
+        models = []
+        for model in front.models:
+            run_id = logged[model.key].run_id if model.key in logged else self._new_model_run(model, parents)
+            self._describe_model_run(run_id, model, front)
+            models.append(dataclasses.replace(model, run_id=run_id))
+        recommended = next((m for m in models if front.recommended and m.key == front.recommended.key), None)
+        self._set_view(models)
+        return dataclasses.replace(front, models=models, recommended=recommended)
+
+    def _set_view(self, models: list[Model]) -> None:
+        """The experiment's stored UI view of this sweep's models (ui_view): the scatter and the columns."""
+        tag, value = view_tag(
+            sorted({key for m in models for key in _model_metrics(m)}), sweep_run_id=self.parent_run_id
+        )
+        self.client.set_experiment_tag(self.experiment_id, tag, value)
+
+    def view_urls(self, base_url: str) -> tuple[str, str]:
+        """The UI's URLs of this sweep's front: its scatter, and its table."""
+        return tuple(
+            view_url(base_url, self.experiment_id, sweep_run_id=self.parent_run_id, table=table)
+            for table in (False, True)
+        )
+
+    def _new_model_run(self, model: Model, parents: dict[str, str]) -> str:
+        parent = self.parent_run_id if model.is_at else parents.get(model.finetune.trial_id, self.parent_run_id)
+        tags = {
+            names.PARENT_TAG: parent,
+            names.SWEEP_RUN_TAG: self.parent_run_id,
+            names.KIND_TAG: names.KIND_MODEL,
+            names.MODEL_KEY_TAG: model.key,
+        }
+        ft = model.finetune
+        if ft is not None:
+            tags.update({names.TRIAL_TAG: ft.trial_id, names.FINETUNE_KEY_TAG: ft.key})
+        params = {"alpha": model.alpha}
+        if ft is not None and not model.is_at:
+            params.update({"module": ft.module, "lr": ft.lr, "epochs": ft.epochs})
+        run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        self.log_metrics(run_id, _model_metrics(model, ""))
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def _describe_model_run(self, run_id: str, model: Model, front: Front) -> None:
+        """Tags and name that may change when the sweep grows (front, recommended), and test results once known."""
+        recommended = front.recommended is not None and model.key == front.recommended.key
+        on_front = model.key in front.on_front
+        mark = "recommended · " if recommended else "front · " if on_front else ""
+        tags = {
+            "mlflow.runName": mark + describe_model(model),
+            RUN_COLOR_TAG: run_color(at=model.is_at, on_front=on_front, recommended=recommended),
+            names.PARETO_TAG: str(on_front).lower(),
+            names.RECOMMENDED_TAG: str(recommended).lower(),
+            names.SCREENED_TAG: str(model.val.screened).lower(),
+        }
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if model.test is not None:
+            self.log_metrics(run_id, _model_metrics(model, names.TEST_PREFIX))
 
     def log_model(self, run_id: str, model) -> None:
         """The model as an MLflow model of `run_id` (once): mlflow.pytorch.load_model("runs:/<run>/model").
@@ -178,6 +289,50 @@ def user_code_file(config: SweepConfig) -> Path | None:
     target = config.model.target
     file = target.rpartition(":")[0] if target else ""
     return Path(file) if file.endswith(".py") else None
+
+
+def _model_metrics(model: Model, split: str | None = None) -> dict[str, float]:
+    """A model's metrics as logged on its run: validation (split "") or test (names.TEST_PREFIX); None: both."""
+    parts = {"": (model.val, model.val_versus_at), names.TEST_PREFIX: (model.test, model.test_versus_at)}
+    flat = {}
+    for prefix, (scores, versus) in parts.items():
+        if split in (None, prefix) and scores is not None:
+            flat.update({**scores.metrics(prefix), **(versus.metrics(prefix) if versus else {})})
+    return flat
+
+
+def _trial_of(run) -> Trial:
+    """A trial run as its record: the fine-tune it used (its parameters) and its own α."""
+    params, tags = run.data.params, run.data.tags
+    trial_id = tags[names.TRIAL_TAG]
+    finetune = FineTune(
+        tags[names.FINETUNE_KEY_TAG], params["module"], float(params["lr"]), int(params["epochs"]), trial_id
+    )
+    reused = tags.get(names.FINETUNE_REUSED_TAG) == "True"
+    return Trial(trial_id, run.info.run_id, finetune, float(params["alpha"]), reused)
+
+
+def _model_of(run) -> Model:
+    """A model run as its record (the inverse of SweepTracker._new_model_run and _describe_model_run)."""
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    finetune = None
+    if names.FINETUNE_KEY_TAG in tags:
+        finetune = FineTune(
+            tags[names.FINETUNE_KEY_TAG],
+            params["module"],
+            float(params["lr"]),
+            int(params["epochs"]),
+            tags[names.TRIAL_TAG],
+        )
+    return Model(
+        finetune,
+        float(params["alpha"]),
+        Scores.from_metrics(metrics),
+        Versus.from_metrics(metrics),
+        Scores.from_metrics(metrics, names.TEST_PREFIX),
+        Versus.from_metrics(metrics, names.TEST_PREFIX),
+        run.info.run_id,
+    )
 
 
 def find_parent_run(client: MlflowClient, experiment_id: str, config: SweepConfig):

@@ -33,6 +33,7 @@ from rift_sweep.orchestration.devices import bind_worker, gpu_job
 from rift_sweep.orchestration.resources import WorkerShape
 from rift_sweep.procedure.experiment import Experiment, ExperimentData
 from rift_sweep.procedure.finetune_cache import spec_state
+from rift_sweep.procedure.records import Examples
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # per job; worker deaths beyond this abort the stage
@@ -83,18 +84,21 @@ class DeviceWorker:
             )
         return {**dataclasses.asdict(result), "node": self.node, "actor": self.actor, "pid": os.getpid()}
 
-    def examples(self, spec: dict | None, split: str, chunk: int, chunks: int) -> dict:
-        """Per-example correctness of one model on the `chunk`-th of `chunks` contiguous parts of `split` (robust
-        accuracy only there: see robust_examples(among=...)); its OOD metrics with the first chunk."""
+    def examples(
+        self, spec: tuple[str, float] | None, split: str, chunk: int, chunks: int
+    ) -> tuple[Examples, dict[str, float]]:
+        """Per-example correctness of one model (spec: fine-tune key and α; None: θ_AT) with robustness measured on
+        the `chunk`-th of `chunks` contiguous parts of `split` (see robust_examples(among=...)); with the first chunk
+        also its OOD accuracy per corruption."""
         config = self.exp.config
         with gpu_job(f"{split} chunk {chunk}/{chunks}"):
             state = spec_state(config, self.exp.at_state, spec)
             n = len(getattr(self.exp.splits, split))
             runs = config.attack.test_runs if split == "test" else 1
             examples = self.exp.examples(state, split, runs=runs, among=torch.arange(n) * chunks // n == chunk)
-            return {**examples, "ood": self.exp.ood_metrics(state, split) if chunk == 0 else {}}
+            return examples, self.exp.ood_accuracies(state, split) if chunk == 0 else {}
 
-    def autoattack(self, spec: dict | None) -> np.ndarray:
+    def autoattack(self, spec: tuple[str, float] | None) -> np.ndarray:
         with gpu_job("autoattack"):
             return self.exp.autoattack(spec_state(self.exp.config, self.exp.at_state, spec), "test")
 

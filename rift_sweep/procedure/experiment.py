@@ -7,6 +7,7 @@ one place where the AT model is built and loaded (`load_at_model`) and where cac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -32,11 +33,12 @@ from rift_sweep.core.data import (
     to_unit,
 )
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.evaluate import accuracy, evaluate_examples, ood_accuracy, with_interval
+from rift_sweep.core.evaluate import accuracy, evaluate_examples, ood_accuracy, robust_accuracy
 from rift_sweep.core.files import file_sha256
 from rift_sweep.core.models import StateDict, build_model, cpu_copy, load_weights, on_device, read_checkpoint_meta
 from rift_sweep.core.mrc import CANDIDATE_TYPES, candidate_modules, executed_modules
 from rift_sweep.core.robustbench import build_robustbench, robustbench_entry
+from rift_sweep.procedure.records import Examples, Scores
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +168,11 @@ class Experiment:
 
     def examples(
         self, state: StateDict, split_name: str = "test", *, runs: int = 1, among: torch.Tensor | None = None
-    ) -> dict:
-        """Per-example correctness of `state` ("clean", "robust": bool arrays in the split's order), for paired tests;
-        robustness only `among` those examples when given (see evaluate.robust_examples)."""
+    ) -> Examples:
+        """Per-example correctness of `state` in the split's order, for intervals and paired tests; robustness only
+        `among` those examples when given (see evaluate.robust_examples; the worst of `runs` runs)."""
         config = self.config
-        return evaluate_examples(
+        found = evaluate_examples(
             self.load_state(state),
             getattr(self.splits, split_name),
             pgd=config.attack,
@@ -182,6 +184,8 @@ class Experiment:
             cost=self.attack_cost,
             among=among,
         )
+        measured = None if among is None else torch.as_tensor(among).cpu().numpy()
+        return Examples(found["clean"], found["robust"], measured)
 
     def autoattack(self, state: StateDict, split_name: str = "test") -> np.ndarray:
         """Per-example robustness of `state` under AutoAttack (standard, ℓ∞ attack.eps): see core.autoattack."""
@@ -194,29 +198,21 @@ class Experiment:
             seed=self.config.seed,
         )
 
-    def ood_metrics(self, state: StateDict, split_name: str = "val") -> dict[str, float]:
-        """ood_acc and ood/<corruption> of `state`; empty when OOD is off."""
+    def ood_accuracies(self, state: StateDict, split_name: str = "val") -> dict[str, float]:
+        """Accuracy (%) of `state` per corruption type of the split's OOD set; empty when OOD is off."""
         ood = self.ood(split_name)
         if ood is None:
             return {}
-        mean, per_corruption = ood_accuracy(
-            self.load_state(state), ood, batch_size=self.config.eval_batch_size, device=self.device
-        )
-        return {names.OOD_ACC: mean, **{names.OOD_PER_CORRUPTION_PREFIX + k: v for k, v in per_corruption.items()}}
+        return ood_accuracy(self.load_state(state), ood, batch_size=self.config.eval_batch_size, device=self.device)[1]
 
-    def evaluate(self, state: StateDict, split_name: str = "val", *, runs: int = 1) -> dict[str, float]:
-        """std_acc, rob_acc and ood_acc (+ per corruption) of `state` on the val or test split.
+    def evaluate(self, state: StateDict, split_name: str = "val", *, runs: int = 1) -> Scores:
+        """Clean, robust and OOD accuracy of `state` on the val or test split.
 
         Robust accuracy uses a fixed seed, so every candidate faces the same random starts.
         """
         if split_name not in ("val", "test"):
             raise ValueError(f"split_name must be 'val' or 'test'; got {split_name!r}")
-        examples = self.examples(state, split_name, runs=runs)
-        accuracies = {
-            **with_interval(names.STD_ACC, examples["clean"]),
-            **with_interval(names.ROB_ACC, examples["robust"]),
-        }
-        return {**accuracies, **self.ood_metrics(state, split_name)}
+        return self.examples(state, split_name, runs=runs).scores(self.ood_accuracies(state, split_name))
 
 
 def experiment_modules(config: SweepConfig, model: nn.Module) -> list[str]:
@@ -330,12 +326,17 @@ class ExperimentData:
 
 
 SANITY_EXAMPLES = 256  # validation images for the load-time check: a few seconds even for a large model on CPU
+SANITY_ROBUST_EXAMPLES = 64  # of them, attacked (PGD, at most SANITY_STEPS steps) under each normalisation
+SANITY_STEPS = 5
 SANITY_MARGIN = 20.0  # accuracy points by which the other normalisation must win to call this one wrong
+NOT_ROBUST = 5.0  # robust accuracy (%) below which an adversarially trained model is not robust at all
 
 
-def check_at_model(exp: Experiment) -> dict[str, float]:
-    """Before any compute: the model returns logits, and its clean accuracy on a few hundred validation images
-    is neither near chance nor far below what the other normalisation choice gives. Returns both accuracies."""
+def check_at_model(exp: Experiment) -> None:
+    """Before any compute: the model returns logits, and under the configured normalisation it is neither near chance
+    nor far below what the other choice gives, clean (a few hundred validation images) and robust (a short PGD on
+    some of them). A wrong normalisation can keep clean accuracy and still be wrong: it scales the attack's ε by
+    1/std (3.2x for Fashion-MNIST), so a model trained on raw pixels looks not robust at all."""
     info, model = exp.splits.info, exp.load_state(exp.at_state)
     sample = exp.splits.val.subset(SANITY_EXAMPLES, seed=0)
     with torch.no_grad():
@@ -349,27 +350,45 @@ def check_at_model(exp: Experiment) -> dict[str, float]:
     configured = (tuple(normalize.mean.flatten().tolist()), tuple(normalize.std.flatten().tolist()))
     identity = all(m == 0 for m in configured[0]) and all(s == 1 for s in configured[1])
     other = (info.mean, info.std) if identity else ((0.0,), (1.0,))
-    found = {"std_acc": accuracy(model, sample, device=exp.device)}
+    names_ = ("none", "dataset") if identity else (_describe_normalization(configured, info), "none")
     try:
-        normalize.set(*other)
-        found["other_std_acc"] = accuracy(model, sample, device=exp.device)
+        (clean, robust), (other_clean, other_robust) = (
+            _sanity(exp, model, sample, stats) for stats in (configured, other)
+        )
     finally:
         normalize.set(*configured)
-    names_ = ("none", "dataset") if identity else (_describe_normalization(configured, info), "none")
-    if found["other_std_acc"] - found["std_acc"] >= SANITY_MARGIN:
+    seen = f"of {len(sample)} validation images with normalization {names_[0]} but"
+    if other_clean - clean >= SANITY_MARGIN:
         raise InputError(
-            f"the AT model classifies {found['std_acc']:.0f}% of {len(sample)} validation images with "
-            f"normalization {names_[0]} but {found['other_std_acc']:.0f}% with {names_[1]}: "
-            f"set model.normalization: {names_[1]} (what the checkpoint was trained on)"
+            f"the AT model classifies {clean:.0f}% {seen} {other_clean:.0f}% with {names_[1]}: set "
+            f"model.normalization: {names_[1]} (what the checkpoint was trained on)"
         )
     chance = 100.0 / info.num_classes
-    if found["std_acc"] < 2 * chance:
+    if clean < 2 * chance:
         raise InputError(
-            f"the AT model classifies {found['std_acc']:.0f}% of {len(sample)} validation images "
-            f"(chance: {chance:.0f}%): wrong checkpoint, architecture, dataset or model.normalization"
+            f"the AT model classifies {clean:.0f}% of {len(sample)} validation images (chance: {chance:.0f}%): "
+            f"wrong checkpoint, architecture, dataset or model.normalization"
         )
-    return found
+    if robust <= NOT_ROBUST and other_robust - robust >= SANITY_MARGIN:
+        raise InputError(
+            f"the AT model withstands a short PGD on {robust:.0f}% of {SANITY_ROBUST_EXAMPLES} validation images with "
+            f"normalization {names_[0]} but {other_robust:.0f}% with {names_[1]} (a wrong normalisation scales ε by "
+            f"1/std): set model.normalization: {names_[1]} (what the checkpoint was trained on)"
+        )
+
+
+def _sanity(exp: Experiment, model: nn.Module, sample: Split, stats: tuple) -> tuple[float, float]:
+    """(clean %, robust % under a short PGD) of `model` on `sample` with its normalisation set to `stats`."""
+    normalization_of(model).set(*stats)
+    attack = dataclasses.replace(exp.config.attack, steps=min(exp.config.attack.steps, SANITY_STEPS))
+    attacked = sample.subset(SANITY_ROBUST_EXAMPLES, seed=0)
+    robust = robust_accuracy(model, attacked, attack, batch_size=exp.config.eval_batch_size, device=exp.device)
+    return accuracy(model, sample, device=exp.device), robust
 
 
 def _describe_normalization(stats: tuple, info: DatasetInfo) -> str:
-    return "dataset" if (tuple(stats[0]), tuple(stats[1])) == (tuple(info.mean), tuple(info.std)) else str(stats)
+    """ "dataset" when `stats` (read back from float32 buffers) are the dataset's, else the numbers."""
+    mean, std = (np.broadcast_to(np.asarray(s, dtype=np.float32), len(info.mean)) for s in stats)
+    if np.allclose(mean, info.mean) and np.allclose(std, info.std):
+        return "dataset"
+    return f"{{mean: {[round(float(m), 4) for m in mean]}, std: {[round(float(s), 4) for s in std]}}}"

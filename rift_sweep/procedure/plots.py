@@ -1,4 +1,4 @@
-"""The pictures logged to MLflow: MRC per module, and the (standard, robust) accuracy front."""
+"""The pictures logged to MLflow: MRC per module, and every evaluated model's change against the AT model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
+
+from rift_sweep.procedure.records import Front, Model, Versus  # noqa: E402
 
 
 def mrc_bar_chart(rows: Sequence[dict], chosen: Sequence[str], path: Path) -> Path:
@@ -28,71 +30,78 @@ def mrc_bar_chart(rows: Sequence[dict], chosen: Sequence[str], path: Path) -> Pa
     return path
 
 
-def pareto_chart(report, path: Path) -> Path:
-    """Validation (std_acc, rob_acc) of every α point of every fine-tune (small dots), each trial's own point, the
-    trials' front, the AT model with the rule's tolerance line, and the recommended model; Wilson 95 % error bars
-    on the front, the AT model and the recommended model."""
-    fig, ax = plt.subplots(figsize=(7, 5))
-    points = report.points
-    ax.scatter(
-        [p["std_acc"] for p in points],
-        [p["rob_acc"] for p in points],
-        s=8,
-        color="tab:gray",
-        alpha=0.4,
-        label=f"α points ({len(points)})",
-    )
-    trials = report.trials
-    ax.scatter(
-        [t["std_acc"] for t in trials],
-        [t["rob_acc"] for t in trials],
-        s=22,
-        color="tab:blue",
-        alpha=0.7,
-        label=f"trials ({len(trials)})",
-    )
-    front = sorted(report.front, key=lambda t: t["std_acc"])
-    if front:
-        # A staircase: between two front points only the lower one's robustness is attained.
-        ax.plot(
-            [t["std_acc"] for t in front],
-            [t["rob_acc"] for t in front],
-            "-",
-            drawstyle="steps-pre",
-            color="tab:red",
-            label="Pareto front of the trials",
+def front_chart(front: Front, path: Path) -> Path:
+    """What a user decides with: every evaluated model's change against the AT model (clean points gained, robust
+    points kept), on validation (left: the front with paired 95 % intervals, screened models hollow, the rule's
+    tolerance band, the recommended model) and on test for the models evaluated there (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=False)
+    for ax, split in zip(axes, ("val", "test")):
+        models = [m for m in front.models if _versus(m, split) is not None]
+        ax.axhspan(-front.tolerance, ax.get_ylim()[1] if models else 1, color="tab:green", alpha=0.08)
+        ax.axhline(-front.tolerance, color="tab:green", lw=0.8, ls="--", label=f"AT rob − {front.tolerance} (the rule)")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.axvline(0, color="black", lw=0.6)
+        ax.plot([0], [0], "k*", markersize=12, label="AT model")
+        others = [m for m in models if m.key not in front.on_front]
+        ax.scatter(
+            [_versus(m, split).std.points for m in others],
+            [_versus(m, split).rob.points for m in others],
+            s=10,
+            color="tab:gray",
+            alpha=0.5,
+            label=f"other models ({len(others)})",
         )
-        _error_bars(ax, front, "tab:red", "o")
-    at = report.at_val
-    _error_bars(ax, [at], "black", "*", size=14, label="AT model")
-    ax.axhline(
-        at["rob_acc"] - report.tolerance,
-        color="black",
-        lw=0.8,
-        ls="--",
-        label=f"AT rob − {report.tolerance} (the rule's floor)",
-    )
-    if report.recommended is not None:
-        _error_bars(ax, [report.recommended], "tab:green", "D", size=9, label="recommended")
-    ax.set_xlabel("standard accuracy on validation (%)")
-    ax.set_ylabel("robust accuracy on validation (%)")
-    ax.set_title("RiFT sweep: every evaluated model (Wilson 95 % error bars)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        for screened in (False, True):
+            shown = [m for m in models if m.key in front.on_front and _screened(m, split) == screened]
+            _change_bars(ax, shown, split, "tab:red", "o", hollow=screened, label=_front_label(screened, len(shown)))
+        best = front.recommended
+        if best is not None and _versus(best, split) is not None:
+            _change_bars(ax, [best], split, "tab:blue", "D", size=9, label="recommended")
+        ax.set_xlabel("clean accuracy − AT's (points)")
+        ax.set_ylabel("robust accuracy − AT's (points)")
+        ax.set_title(f"{'validation: every evaluated model' if split == 'val' else 'test: the front as evaluated'}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("RiFT sweep: change against the AT model on the same images (paired 95 % intervals)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def _error_bars(ax, rows, color, marker, size=6, label=None) -> None:
-    def half(row, key):  # (below, above) the estimate; 0 where no interval is known
-        return (row[key] - row.get(f"{key}_low", row[key]), row.get(f"{key}_high", row[key]) - row[key])
+def _versus(model: Model, split: str) -> Versus | None:
+    return model.val_versus_at if split == "val" else model.test_versus_at
 
-    x = [r["std_acc"] for r in rows]
-    y = [r["rob_acc"] for r in rows]
-    xerr = list(zip(*[half(r, "std_acc") for r in rows]))
-    yerr = list(zip(*[half(r, "rob_acc") for r in rows]))
+
+def _screened(model: Model, split: str) -> bool:
+    return split == "val" and model.val.screened
+
+
+def _front_label(screened: bool, count: int) -> str | None:
+    if not count:
+        return None
+    return f"front, robustness on a screened subset ({count})" if screened else f"Pareto front ({count})"
+
+
+def _change_bars(ax, models, split, color, marker, *, size=6, hollow=False, label=None) -> None:
+    if not models:
+        return
+    changes = [_versus(m, split) for m in models]
+
+    def errors(parts):  # (below, above) each estimate
+        return [[c.points - c.low for c in parts], [c.high - c.points for c in parts]]
+
     ax.errorbar(
-        x, y, xerr=xerr, yerr=yerr, fmt=marker, color=color, markersize=size, capsize=2, lw=0.8, label=label, zorder=3
+        [c.std.points for c in changes],
+        [c.rob.points for c in changes],
+        xerr=errors([c.std for c in changes]),
+        yerr=errors([c.rob for c in changes]),
+        fmt=marker,
+        color=color,
+        markerfacecolor="white" if hollow else color,
+        markersize=size,
+        capsize=2,
+        lw=0.8,
+        label=label,
+        zorder=3,
     )

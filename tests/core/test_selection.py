@@ -7,30 +7,36 @@ from rift_sweep.core.selection import hypervolume_2d, paper_rule, pareto_mask
 
 
 def path(*rows):
-    return [{"alpha": a, "std_acc": s, "rob_acc": r} for a, s, r in rows]
+    """(α, std, rob) rows as the rule takes them: (std, rob, α)."""
+    return [(s, r, a) for a, s, r in rows]
+
+
+def picked_alpha(rows, **kwargs):
+    chosen = paper_rule(rows, **kwargs)
+    return None if chosen is None else rows[chosen][2]
 
 
 def test_alpha_rule_takes_largest_std_gain_within_tolerance():
     rows = path((0.0, 80.0, 50.0), (0.5, 82.0, 49.95), (0.8, 84.0, 49.5), (1.0, 85.0, 45.0))
-    assert paper_rule(rows, at_rob_acc=50.0, tolerance=0.1)["alpha"] == 0.5
-    assert paper_rule(rows, at_rob_acc=50.0, tolerance=0.5)["alpha"] == 0.8
-    assert paper_rule(rows, at_rob_acc=50.0, tolerance=10.0)["alpha"] == 1.0
+    assert picked_alpha(rows, at_rob_acc=50.0, tolerance=0.1) == 0.5
+    assert picked_alpha(rows, at_rob_acc=50.0, tolerance=0.5) == 0.8
+    assert picked_alpha(rows, at_rob_acc=50.0, tolerance=10.0) == 1.0
 
 
 def test_alpha_rule_ties_prefer_higher_robustness_then_smaller_alpha():
     rows = path((0.6, 83.0, 50.0), (0.7, 83.0, 50.2), (0.9, 83.0, 50.2))
-    assert paper_rule(rows, at_rob_acc=50.0)["alpha"] == 0.7
+    assert picked_alpha(rows, at_rob_acc=50.0) == 0.7
 
 
 def test_alpha_rule_none_when_nothing_qualifies():
     rows = path((0.5, 82.0, 49.0), (1.0, 85.0, 45.0))
-    assert paper_rule(rows, at_rob_acc=50.0, tolerance=0.1) is None
-    assert paper_rule([], at_rob_acc=50.0) is None
+    assert picked_alpha(rows, at_rob_acc=50.0, tolerance=0.1) is None
+    assert picked_alpha([], at_rob_acc=50.0) is None
 
 
 def test_alpha_rule_boundary_is_inclusive_and_tolerance_checked():
     rows = path((0.4, 81.0, 49.9))
-    assert paper_rule(rows, at_rob_acc=50.0, tolerance=0.1)["alpha"] == 0.4
+    assert picked_alpha(rows, at_rob_acc=50.0, tolerance=0.1) == 0.4
     with pytest.raises(ValueError, match="tolerance"):
         paper_rule(rows, at_rob_acc=50.0, tolerance=-1)
 

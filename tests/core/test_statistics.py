@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rift_sweep.core.statistics import bootstrap_interval, mcnemar, paired_gain_upper, wilson_interval
+from rift_sweep.core.statistics import bootstrap_interval, mcnemar, paired_gain_interval, wilson_interval
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 
@@ -85,25 +85,31 @@ def test_bootstrap_takes_a_custom_statistic():
         bootstrap_interval(np.array([], dtype=bool))
 
 
-def test_paired_gain_upper_counts_only_the_discordant_images():
+def test_the_paired_gain_interval_counts_only_the_discordant_images():
     a = np.zeros(200, dtype=bool)
     a[:100] = True
     b = a.copy()
-    assert paired_gain_upper(a, b) == pytest.approx(wilson_interval(0, 200)[1])  # no disagreement: small, not zero
+    assert paired_gain_interval(a, b)[1] == pytest.approx(
+        wilson_interval(0, 200)[1]
+    )  # no disagreement: small, not zero
     b[:6] = False  # A right where B is wrong on 6 images
-    assert paired_gain_upper(a, b) == pytest.approx(wilson_interval(6, 200)[1])
-    assert paired_gain_upper(b, a) == pytest.approx(wilson_interval(0, 200)[1] - wilson_interval(6, 200)[0])
-    assert paired_gain_upper(b, a) < 3.0 < paired_gain_upper(a, b)
+    assert paired_gain_interval(a, b)[1] == pytest.approx(wilson_interval(6, 200)[1])
+    assert paired_gain_interval(b, a)[1] == pytest.approx(wilson_interval(0, 200)[1] - wilson_interval(6, 200)[0])
+    assert paired_gain_interval(b, a)[1] < 3.0 < paired_gain_interval(a, b)[1]
+    low, high = paired_gain_interval(a, b)
+    assert (low, high) == pytest.approx(tuple(-end for end in reversed(paired_gain_interval(b, a))))  # antisymmetric
+    assert low < 3.0 < high  # the observed gain (6 of 200 images) lies inside
     with pytest.raises(ValueError, match="same images"):
-        paired_gain_upper(a, b[:-1])
+        paired_gain_interval(a, b[:-1])
 
 
-def test_paired_gain_upper_covers_the_population_gain():
-    """Subsets of a known population: the bound lies above the population's gain at least 95 % of the time."""
+def test_the_paired_gain_interval_covers_the_population_gain():
+    """Subsets of a known population: the interval holds the population's gain at least 95 % of the time."""
     rng = np.random.default_rng(0)
     population_a = rng.random(4000) < 0.62
     population_b = population_a ^ (rng.random(4000) < 0.03)  # 3 % of images flip between the two models
     gain = 100 * (population_a.mean() - population_b.mean())
     draws = [rng.choice(4000, size=250, replace=False) for _ in range(400)]
-    covered = np.mean([paired_gain_upper(population_a[d], population_b[d]) >= gain for d in draws])
+    intervals = [paired_gain_interval(population_a[d], population_b[d]) for d in draws]
+    covered = np.mean([low <= gain <= high for low, high in intervals])
     assert covered >= 0.95

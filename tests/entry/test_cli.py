@@ -19,7 +19,7 @@ def test_train_at_then_rift_prints_the_papers_tables(tmp_path, capsys):
 
     assert cli.main(["rift", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    for heading in ("Module Robust Criticality", "fine-tuned module:", "α path (validation)", "AT+RiFT", "generated"):
+    for heading in ("Module Robust Criticality", "fine-tuned module:", "α path (validation;", "AT+RiFT", "generated"):
         assert heading in out
     assert out.count("<- fine-tuned") == 1
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import ray
 
-from rift_sweep.orchestration.front import AT, front_pool, model_examples
+from rift_sweep.orchestration.front import front_pool, model_examples
 from rift_sweep.procedure.experiment import load_experiment
+from rift_sweep.procedure.records import AT_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -17,11 +18,11 @@ def test_chunks_over_the_workers_add_up_to_one_whole_call(digits_config):
     whole = exp.examples(exp.at_state, "test", runs=2)
     ray.init(num_cpus=3, include_dashboard=False)  # 3 chunks of the test split
     try:
-        with front_pool(config) as pool:
-            chunked = model_examples(pool, "test", {AT: None})[AT]
+        with front_pool(config, exp) as pool:
+            chunked, ood = model_examples(pool, "test", {AT_KEY: None})[AT_KEY]
     finally:
         ray.shutdown()
-    assert 0 < whole["robust"].sum() < whole["clean"].sum()  # some examples broken, some not
-    for key in ("clean", "robust"):
-        np.testing.assert_array_equal(chunked[key], whole[key])
-    assert chunked["ood"] == exp.ood_metrics(exp.at_state, "test")
+    assert 0 < whole.robust.sum() < whole.clean.sum()  # some examples broken, some not
+    np.testing.assert_array_equal(chunked.clean, whole.clean)
+    np.testing.assert_array_equal(chunked.robust, whole.robust)
+    assert ood == exp.ood_accuracies(exp.at_state, "test")

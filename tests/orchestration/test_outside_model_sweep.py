@@ -5,6 +5,8 @@ the IDX layout): sanity check, MRC over its 4 modules, a short sweep, export, re
 import gzip
 import json
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,7 +20,7 @@ from rift_sweep.config import load_config
 from rift_sweep.core.attacks import PGD
 from rift_sweep.core.data import load_splits
 from rift_sweep.core.evaluate import accuracy, robust_accuracy
-from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+from rift_sweep.orchestration.tracking import SweepTracker
 
 from helpers import outside_file
 
@@ -82,17 +84,16 @@ def own_class(path):
     return module.LeNet5
 
 
-def test_advertorch_lenet5_from_sanity_check_to_export_and_reload(tmp_path, mnist):
-    (tmp_path / "lenet.py").write_text(LENET)
+def lenet_config(tmp_path, mnist, normalization: str) -> dict:
     checkpoint = outside_file(
         "advertorch==0.2.3", "advertorch_examples/trained_models/mnist_lenet5_advtrained.pt", sdist=True
     )
-    raw = {
+    return {
         "name": "advertorch-lenet5",
         "device": "cpu",
         "seed": 0,
         "data": {"dataset": "mnist", "root": str(mnist), "val_size": 500, "train_subset": 1000},
-        "model": {"target": "lenet.py:LeNet5", "normalization": "none", "checkpoint": str(checkpoint)},
+        "model": {"target": "lenet.py:LeNet5", "normalization": normalization, "checkpoint": str(checkpoint)},
         "attack": ATTACK,
         "ood": {"enabled": False},
         "mrc": {"examples": 300, "epochs": 3},
@@ -101,8 +102,23 @@ def test_advertorch_lenet5_from_sanity_check_to_export_and_reload(tmp_path, mnis
         "search": {"space": {"lr": {"low": 0.001, "high": 0.01, "log": True}}, "num_samples": 2},
         "output_dir": str(tmp_path / "out"),
     }
+
+
+def test_a_raw_pixel_checkpoint_with_dataset_normalisation_is_refused_for_its_robustness(tmp_path, mnist, capsys):
+    """Clean accuracy survives the wrong normalisation (99 %), robustness does not: it scales ε by 1/std."""
+    (tmp_path / "lenet.py").write_text(LENET)
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(lenet_config(tmp_path, mnist, "dataset")))
+    assert cli.main(["sweep", "--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "with normalization dataset but" in error and "set model.normalization: none" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_advertorch_lenet5_from_sanity_check_to_export_and_reload(tmp_path, mnist):
+    (tmp_path / "lenet.py").write_text(LENET)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(lenet_config(tmp_path, mnist, "none")))
     try:
         assert cli.main(["sweep", "--config", str(path)]) == 0
     finally:
@@ -115,32 +131,46 @@ def test_advertorch_lenet5_from_sanity_check_to_export_and_reload(tmp_path, mnis
     assert "rift.model_code_sha256" in parent.tags and "rift.checkpoint_sha256" in parent.tags
     table = next((config.output_path / "cache" / "mrc").glob("*.parquet"))
     assert {r["module"] for r in pq.read_table(table).to_pylist()} == {"conv1", "conv2", "linear1", "linear2"}
-    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, "FINISHED")
-    assert len(runs) == 2
-    chosen = [r for r in runs if r.data.tags.get("recommended") == "true"]
-    which = ["--recommended"] if chosen else ["--trial", runs[0].data.tags["rift_sweep.trial_id"]]
+    front = tracker.logged_front()
+    trial = tracker.trials()[0]
+    which = ["--recommended"] if front.recommended else ["--trial", trial.trial_id, "--alpha", "0.5"]
+    model = front.recommended or next(m for m in front.models if m.finetune and m.alpha == 0.5)
     out = tmp_path / "better.pt"
     assert (
         cli.main(["export", "--sweep", config.name, "--output", str(config.output_path), *which, "--out", str(out)])
         == 0
     )
-
-    model = own_class(tmp_path / "lenet.py")()
-    model.load_state_dict(torch.load(out, weights_only=True))  # strict: exactly the checkpoint's keys
-    test = load_splits("mnist", mnist, val_size=500).test
-    run = chosen[0] if chosen else runs[0]
     provenance = json.loads(out.with_name(out.name + ".json").read_text())
-    assert provenance["input_checkpoint_sha256"] and provenance["alpha"] == float(run.data.params["alpha"])
-    if chosen:  # evaluated on test by the sweep: the user's own class gives the same accuracy
-        assert accuracy(model.eval(), test) == pytest.approx(run.data.metrics["test_std_acc"], abs=1e-9)
+    assert provenance["input_checkpoint_sha256"] and provenance["alpha"] == model.alpha
+    assert provenance["normalization"] is None  # raw pixels: nothing to put in front of the class
+
+    test = load_splits("mnist", mnist, val_size=500).test
+    reloaded = own_class(tmp_path / "lenet.py")()
+    reloaded.load_state_dict(torch.load(out, weights_only=True))  # strict: exactly the checkpoint's keys
+    program = _predictions_in_a_fresh_process(tmp_path, out.with_suffix(".pt2"), test)  # no class needed
+    with torch.no_grad():
+        assert torch.equal(program, reloaded.eval()(test.x.float() / 255).argmax(1))
+    if model.test:  # evaluated on test by the sweep: the same accuracy, to the last image
+        assert accuracy(reloaded, test) == pytest.approx(model.test.std.value, abs=1e-9)
         import mlflow.pytorch
 
         mlflow.set_tracking_uri(tracker.uri)
-        logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-        assert accuracy(logged.eval(), test) == pytest.approx(run.data.metrics["test_std_acc"], abs=1e-9)
-    assert (
-        robust_accuracy(
-            model.eval(), test.subset(300, seed=0), PGD(**{k: v for k, v in ATTACK.items() if k != "test_runs"})
-        )
-        >= 70
+        logged = mlflow.pytorch.load_model(f"runs:/{model.run_id}/model")
+        assert accuracy(logged.eval(), test) == pytest.approx(model.test.std.value, abs=1e-9)
+    attack = PGD(**{k: v for k, v in ATTACK.items() if k != "test_runs"})
+    assert robust_accuracy(reloaded.eval(), test.subset(300, seed=0), attack) >= 70
+
+
+def _predictions_in_a_fresh_process(tmp_path, program, test) -> torch.Tensor:
+    """The README's line for the exported program, in a new Python: predictions on the test images."""
+    torch.save(test.x, tmp_path / "images.pt")
+    script = (
+        "import torch\n"
+        f"model = torch.export.load({str(program)!r}).module()\n"
+        f"images = torch.load({str(tmp_path / 'images.pt')!r}, weights_only=True).float() / 255\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(model(images).argmax(1), {str(tmp_path / 'predicted.pt')!r})\n"
     )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(tmp_path / "predicted.pt", weights_only=True)

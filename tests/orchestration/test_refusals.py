@@ -60,9 +60,7 @@ def test_a_refused_command_leaves_a_finished_sweep_untouched(finished, tmp_path,
     before = snapshot(out)
     refuse(["--config", str(path)], capsys, "a sweep already exists")
     refuse(["--config", str(path), "--resume", "--num-samples", "1"], capsys, "can only grow")
-    refuse(
-        ["--config", str(path), "--resume", "--set", "attack.eps=0.2"], capsys, "differs from the sweep's own in attack"
-    )
+    refuse(["--config", str(path), "--resume", "--set", "attack.eps=0.2"], capsys, "was started with, in attack")
     other = write_digits_config(tmp_path, tmp_path / "x.pt", name="another")
     refuse(["--config", str(other), "--output", str(out), "--resume"], capsys, "holds the sweep 'digits-test'")
     refuse(["--config", str(path), "--resume", "--tracking-uri", "http://127.0.0.1:9"], capsys, "no MLflow server")

@@ -13,7 +13,16 @@ import ray
 from rift_sweep import cli
 from rift_sweep.config import load_config
 from rift_sweep.core.selection import pareto_mask
-from rift_sweep.names import FINETUNE_REUSED_TAG, PARETO_TAG, PID_TAG, SWEEP_TAG, TRIAL_TAG
+from rift_sweep.names import (
+    FINETUNE_REUSED_TAG,
+    KIND_TAG,
+    PARETO_TAG,
+    PID_TAG,
+    RECOMMENDED_TAG,
+    SWEEP_RUN_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
 from rift_sweep.orchestration.sweep import run_sweep
 from rift_sweep.orchestration.tracking import SweepTracker, child_runs
 
@@ -38,7 +47,15 @@ def sweep_config(folder, checkpoint, *, num_samples=4, max_concurrent=2, space=S
 
 
 def children(tracker, status=None):
-    return child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status)
+    """The sweep's trial runs (its direct children, but the AT model's run)."""
+    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status)
+    return [r for r in runs if r.data.tags.get(KIND_TAG) == "trial"]
+
+
+def model_runs(tracker):
+    """One run per evaluated model: the AT model, every α > 0 point of every fine-tune."""
+    query = f"tags.`{SWEEP_RUN_TAG}` = '{tracker.parent_run_id}' and tags.`{KIND_TAG}` = 'model'"
+    return tracker.client.search_runs([tracker.experiment_id], query)
 
 
 @pytest.fixture()
@@ -67,43 +84,7 @@ def test_one_trial_is_the_papers_procedure(finished_sweep):
     assert [int(r.data.params["epochs"]) for r in paper] == [config.finetune.epochs]
 
 
-def test_the_recommended_model_is_the_rule_over_every_alpha_point_with_a_paired_test(finished_sweep, tmp_path):
-    import pyarrow.parquet as pq
-
-    config, tracker = finished_sweep
-    runs = children(tracker, "FINISHED")
-    at_rob = tracker.client.get_run(tracker.parent_run_id).data.metrics["at_val_rob_acc"]
-    points = []  # brute force from every run's logged α path
-    for run in runs:
-        history = {
-            k: tracker.client.get_metric_history(run.info.run_id, f"path_{k}") for k in ("alpha", "std_acc", "rob_acc")
-        }
-        for a, st, rb in zip(*(sorted(h, key=lambda m: m.step) for h in history.values())):
-            points.append((st.value, rb.value, -a.value, run.data.tags["rift.finetune_key"], a.value))
-    qualifying = [p for p in points if p[1] >= at_rob - config.alpha.tolerance]  # α = 0 (the AT model) always is
-    tagged = [r for r in runs if r.data.tags.get("recommended") == "true"]
-    parent = tracker.client.get_run(tracker.parent_run_id).data.metrics
-    best = max(qualifying, key=lambda p: p[:3])  # the rule: std, then rob, then the smaller α
-    if best[4] == 0.0:  # the AT model itself wins: nothing is recommended over it
-        assert tagged == [] and "recommended_alpha" not in parent
-        return
-    [run] = tagged
-    assert float(run.data.tags["rift.recommended_alpha"]) == best[4] == parent["recommended_alpha"]
-    assert (parent["recommended_val_std_acc"], parent["recommended_val_rob_acc"]) == best[:2]
-    for key in ("recommended_test_std_acc", "recommended_test_std_acc_low", "recommended_test_at_rob_acc_high"):
-        assert 0 <= parent[key] <= 100
-    assert 0 <= parent["recommended_test_p_std"] <= 1 and 0 <= parent["recommended_test_p_rob"] <= 1
-    for who in ("", "at_"):  # AutoAttack beside PGD, for both models, with a paired test
-        assert parent[f"recommended_test_{who}aa_acc"] <= parent[f"recommended_test_{who}rob_acc"]
-    assert 0 <= parent["recommended_test_p_aa"] <= 1
-    table = tracker.client.download_artifacts(tracker.parent_run_id, "trials.parquet", str(tmp_path))
-    rows = pq.read_table(table).to_pylist()
-    assert sum(r["recommended"] for r in rows) == 1
-    assert all(r["std_acc_low"] <= r["std_acc"] <= r["std_acc_high"] for r in rows)
-    assert len([r for r in rows if r["kind"] == "alpha_path"]) == len({(p[3], p[4]) for p in points})
-
-
-def test_one_child_run_per_trial_with_params_metrics_and_alpha_path(finished_sweep):
+def test_one_run_per_trial_and_one_per_evaluated_model(finished_sweep):
     config, tracker = finished_sweep
     parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{SWEEP_TAG}` = '{config.name}'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -113,32 +94,56 @@ def test_one_child_run_per_trial_with_params_metrics_and_alpha_path(finished_swe
     for run in runs:
         assert {"lr", "epochs", "alpha", "module", "seed"} <= set(run.data.params)
         assert {"std_acc", "rob_acc", "ood_acc"} <= set(run.data.metrics)
-        history = tracker.client.get_metric_history(run.info.run_id, "path_std_acc")
-        assert len(history) == len(config.alpha.grid)  # every α point recorded
-        alphas, images = (
-            [m.value for m in sorted(tracker.client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
-            for k in ("path_alpha", "path_rob_images")
-        )
-        own = float(run.data.params["alpha"])
-        assert own in config.alpha.grid  # a stepped α names a path point: the trial evaluates nothing of its own,
-        assert images[alphas.index(own)] == config.data.val_size  # so its own point is never left screened
+        assert float(run.data.params["alpha"]) in config.alpha.grid  # a stepped α names a path point
+        assert run.data.metrics["rob_images"] == config.data.val_size  # the trial's own α never left screened
+    models = model_runs(tracker)
+    fine_tunes = {r.data.tags["rift.finetune_key"] for r in runs}
+    assert len(models) == 1 + len(fine_tunes) * len([a for a in config.alpha.grid if a > 0])  # the AT model once
+    assert len({r.data.tags["rift.model"] for r in models}) == len(models)  # each model once
+    for model in models:
+        metrics = model.data.metrics
+        assert metrics["std_acc_low"] <= metrics["std_acc"] <= metrics["std_acc_high"]
+        screened = metrics["rob_images"] < metrics["images"]
+        assert model.data.tags["rift.screened"] == str(screened).lower()
 
 
-def test_pareto_tags_equal_a_brute_force_front(finished_sweep):
-    _, tracker = finished_sweep
-    runs = children(tracker)
-    points = [(r.data.metrics["std_acc"], r.data.metrics["rob_acc"]) for r in runs]
+def test_the_front_and_the_recommended_model_are_those_of_every_evaluated_model(finished_sweep, tmp_path):
+    import pyarrow.parquet as pq
+
+    config, tracker = finished_sweep
+    models = model_runs(tracker)
+    points = [(m.data.metrics["std_acc"], m.data.metrics["rob_acc"]) for m in models]
     brute = [not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points) for p in points]
-    assert [r.data.tags[PARETO_TAG] == "true" for r in runs] == brute == list(pareto_mask(points))
-    for run, on_front in zip(runs, brute):
-        assert ("test_std_acc" in run.data.metrics) == on_front  # only the front is evaluated on test
+    assert [m.data.tags[PARETO_TAG] == "true" for m in models] == brute == list(pareto_mask(points))
+    at = next(m for m in models if m.data.tags["rift.model"] == "at")
+    floor = at.data.metrics["rob_acc"] - config.alpha.tolerance
+    qualifying = [(p[0], p[1], -float(m.data.params["alpha"]), m) for p, m in zip(points, models) if p[1] >= floor]
+    best = max(qualifying, key=lambda q: q[:3])[3]  # the rule: std, then rob, then the smaller α
+    tagged = [m for m in models if m.data.tags[RECOMMENDED_TAG] == "true"]
+    if best is at:  # the AT model itself wins: nothing is recommended over it
+        assert tagged == []
+        return
+    assert tagged == [best] and best.data.tags[PARETO_TAG] == "true"  # the recommended model lies on the front
+    recommended = best.data.metrics  # its own numbers: validation, test, paired tests, AutoAttack
+    for key in ("test_std_acc", "test_std_acc_low", "test_rob_acc_high", "vs_at_rob_low"):
+        assert -100 <= recommended[key] <= 100
+    for key in ("test_vs_at_std_p", "test_vs_at_rob_p", "test_vs_at_aa_p", "vs_at_std_p"):
+        assert 0 <= recommended[key] <= 1
+    for run in (best, at):  # AutoAttack beside PGD, for both models
+        assert run.data.metrics["test_aa_acc"] <= run.data.metrics["test_rob_acc"]
+    for model, on_front in zip(models, brute):
+        if "test_std_acc" in model.data.metrics:
+            assert on_front or model is at  # only the front (and the AT model) is evaluated on test
+    table = tracker.client.download_artifacts(tracker.parent_run_id, "models.parquet", str(tmp_path))
+    rows = pq.read_table(table).to_pylist()
+    assert len(rows) == len(models) and sum(r["recommended"] for r in rows) == 1
 
 
 def test_parent_run_holds_the_front_and_the_mrc_table(finished_sweep):
     _, tracker = finished_sweep
     parent = tracker.parent_run_id
     top = {a.path for a in tracker.client.list_artifacts(parent)}
-    assert {"pareto.png", "front.md", "trials.parquet", "mrc", "config"} <= top
+    assert {"front.png", "front.html", "front.md", "models.csv", "models.parquet", "mrc", "config"} <= top
     assert {"mrc/mrc.png"} <= {a.path for a in tracker.client.list_artifacts(parent, "mrc")}
     metrics = tracker.client.get_run(parent).data.metrics
     assert {"at_val_std_acc", "at_val_rob_acc", "at_test_std_acc", "at_test_rob_acc"} <= set(metrics)
@@ -223,7 +228,7 @@ def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path,
 @pytest.mark.parametrize(
     "override,message",
     [
-        ({"search": {"sampler": "grid"}}, "config.search.sampler"),
+        ({"search": {"sampler": "grid"}}, "search.sampler must be one of"),
         ({"search": {"space": {}}}, "space is empty"),
         ({"search": {"space": {"lr": {"low": 0.1, "high": 0.01}}}}, "low \\(0.1\\) must be < high"),
         ({"search": {"space": {"alpha": {"low": -0.5, "high": 1.0}}}}, "alpha must lie within"),
@@ -246,3 +251,17 @@ def _running_with_epoch(tracker):
         if PID_TAG in run.data.tags and run.data.metrics.get("epoch", 0) >= 2:
             return run
     return None
+
+
+def test_mrc_then_sweep_in_the_same_folder_carries_on_from_the_mrc_cache(tmp_path, digits_checkpoint, capsys):
+    path = sweep_config(tmp_path, digits_checkpoint, num_samples=1, max_concurrent=1, finetune={"epochs": 1})
+    try:
+        assert cli.main(["mrc", "--config", str(path)]) == 0  # stage 1 alone, as the README's command table offers
+        capsys.readouterr()
+        assert cli.main(["sweep", "--config", str(path)]) == 0  # the natural next command: no --resume needed
+    finally:
+        ray.shutdown()
+    assert "MRC: 0 module(s) scored, 5 from the cache" in capsys.readouterr().out
+    other = write_digits_config(tmp_path, digits_checkpoint, attack={"eps": 0.2})  # the same folder, another config
+    assert cli.main(["mrc", "--config", str(other)]) == 2
+    assert "differs from the one the sweep" in capsys.readouterr().err

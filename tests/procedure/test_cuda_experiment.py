@@ -36,7 +36,7 @@ def test_the_experiment_on_the_device_evaluates_validation_as_the_cpu_model_does
     exp = load_experiment(config, device=device)
     assert exp.device.type == torch.device(device).type
     assert next(exp.model.parameters()).device.type == exp.device.type
-    metrics = exp.evaluate(exp.at_state, "val")
+    scores = exp.evaluate(exp.at_state, "val")
 
     val = exp.splits.val
     reference = evaluate_examples(
@@ -44,18 +44,18 @@ def test_the_experiment_on_the_device_evaluates_validation_as_the_cpu_model_does
     )
     found = exp.examples(exp.at_state, "val")
     on_cuda = torch.device(device).type == "cuda"
-    assert int((found["clean"] != reference["clean"]).sum()) <= (1 if on_cuda else 0)
-    assert int((found["robust"] != reference["robust"]).sum()) <= flips_allowed(device, amp)
+    assert int((found.clean != reference["clean"]).sum()) <= (1 if on_cuda else 0)
+    assert int((found.robust != reference["robust"]).sum()) <= flips_allowed(device, amp)
     assert 0 < reference["robust"].sum() < reference["clean"].sum()  # the comparison means something
     # Two calls on CUDA may differ by a flip (cuDNN's backward passes need not sum in the same order).
     one_example = 100 / len(val) if on_cuda else 0.0
-    assert metrics["std_acc"] == pytest.approx(100 * found["clean"].mean(), abs=one_example + 1e-9)
-    assert metrics["rob_acc"] == pytest.approx(100 * found["robust"].mean(), abs=one_example + 1e-9)
-    assert metrics["rob_acc_low"] <= metrics["rob_acc"] <= metrics["rob_acc_high"]
+    assert scores.std.value == pytest.approx(100 * found.clean.mean(), abs=one_example + 1e-9)
+    assert scores.rob.value == pytest.approx(100 * found.robust.mean(), abs=one_example + 1e-9)
+    assert scores.rob.low <= scores.rob.value <= scores.rob.high
 
     ood_mean, per_corruption = ood_accuracy(digits_model, exp.ood("val"), batch_size=config.eval_batch_size)
     assert set(per_corruption) == {"gaussian_noise", "contrast"}
-    assert metrics["ood_acc"] == pytest.approx(ood_mean, abs=100 * 2 / len(exp.ood("val").sets["contrast"].y))
+    assert scores.ood == pytest.approx(ood_mean, abs=100 * 2 / len(exp.ood("val").sets["contrast"].y))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -85,4 +85,4 @@ def test_a_worker_builds_the_shipped_experiment_on_its_device(digits_config, dev
     assert next(worker.model.parameters()).device.type == torch.device(device).type
     assert worker.ood("val") is driver.ood("val")  # built once, by the driver
     on_worker, on_driver = worker.examples(worker.at_state, "val"), driver.examples(driver.at_state, "val")
-    assert int((on_worker["robust"] != on_driver["robust"]).sum()) <= flips_allowed(device, amp=False)
+    assert int((on_worker.robust != on_driver.robust).sum()) <= flips_allowed(device, amp=False)

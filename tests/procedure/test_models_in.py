@@ -60,7 +60,7 @@ def pyautoattack_config(tmp_path, cifar_root, normalization):
 
 def test_a_checkpoint_trained_on_raw_input_is_right_with_none_and_refused_with_dataset(tmp_path, foolbox_cifar10):
     exp = load_experiment(pyautoattack_config(tmp_path, foolbox_cifar10, "none"), "cpu", check=True)
-    assert exp.evaluate(exp.at_state, "test")["std_acc"] == 100.0  # 20 of foolbox's 20 test images
+    assert exp.evaluate(exp.at_state, "test").std.value == 100.0  # 20 of foolbox's 20 test images
     with pytest.raises(InputError, match="set model.normalization: none") as refused:
         load_experiment(pyautoattack_config(tmp_path, foolbox_cifar10, "dataset"), "cpu", check=True)
     assert "\n" not in str(refused.value)
