@@ -213,14 +213,23 @@ def assert_in_study(study, run):
     assert any(t.values == pytest.approx(values) for t in matches), (dict(params), values)
 
 
+def trial_runs(tracker, status: str | None = None) -> list:
+    """The sweep's trial runs (its other children are the models it evaluated), read with MLflow's own client."""
+    from rift_sweep.orchestration.tracking import child_runs
+
+    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status)
+    return [run for run in runs if run.data.tags.get("rift.kind") == "trial"]
+
+
 def finished_children(config) -> int:
-    """A read-only look at the store: an MLflow client would race the driver's own schema migration."""
+    """Finished trial runs, by a read-only look at the store: an MLflow client would race the driver's own schema
+    migration."""
     db = config.output_path / "mlflow.db"
     if not db.exists():
         return 0
     query = (
         "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-        "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'"
+        "WHERE runs.status = 'FINISHED' AND tags.key = 'rift.kind' AND tags.value = 'trial'"
     )
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:

@@ -9,8 +9,9 @@
 The driver never touches CUDA: what the cluster has is Ray's view (ray.cluster_resources).
 
 Tests run GPU scheduling on machines without GPUs through Ray's declared GPUs and the test-only environment
-variable FAKE_GPUS_ENV: set to a file path, a GPU worker whose torch cannot see CUDA computes on the CPU and
-appends what it held to that file (one JSON line per job), instead of raising. Nothing else turns it on.
+variable FAKE_GPUS_ENV: set to a file path in the environment the Ray nodes start in, a GPU worker whose torch
+cannot see CUDA computes on the CPU and appends what it held to that file (one JSON line per job), instead of
+raising. Nothing else turns it on.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import ray
 
 from rift_sweep.core.errors import InputError
-from rift_sweep.orchestration.devices import FAKE_GPUS_ENV, fake_gpus_log
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +69,10 @@ def ray_address(address: str | None) -> str | None:
 
 
 def init_ray(address: str | None = None, runtime_env: dict | None = None, *, verbose: bool = True) -> None:
-    """Join the running cluster (`ray_address`) or start a local Ray. The tests' fake-GPU switch travels to every
-    worker with the runtime environment."""
+    """Join the running cluster (`ray_address`) or start a local Ray."""
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING
-    runtime_env = dict(runtime_env or {})
-    if fake_gpus_log():
-        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), FAKE_GPUS_ENV: fake_gpus_log()}
     # workers' logs (Tune's checkpoint notices, tqdm of each trial) reach the terminal only with --verbose
     common = {"log_to_driver": verbose, "runtime_env": runtime_env or None, "logging_level": level}
     if ray_address(address) is None:

@@ -14,11 +14,11 @@ import pytest
 
 from rift_sweep.config import load_config
 from rift_sweep.core.selection import pareto_mask
-from rift_sweep.names import PARETO_TAG, TRIAL_TAG
+from rift_sweep.names import KIND_TAG, MODEL_KEY_TAG, PARETO_TAG, SWEEP_RUN_TAG, TRIAL_TAG
 from rift_sweep.orchestration.mrc_pool import read_table
-from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+from rift_sweep.orchestration.tracking import SweepTracker
 
-from conftest import assert_in_study, optuna_study, wait_for, write_digits_config
+from conftest import assert_in_study, optuna_study, trial_runs, wait_for, write_digits_config
 
 pytestmark = pytest.mark.slow
 NUM_SAMPLES = 3
@@ -115,15 +115,20 @@ def test_sigkill_at_any_moment_then_resume_reaches_the_end_state(tmp_path, digit
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     tracker = SweepTracker(config)
-    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, "FINISHED")
+    runs = trial_runs(tracker, "FINISHED")
     assert len(runs) == NUM_SAMPLES and len({r.data.tags[TRIAL_TAG] for r in runs}) == NUM_SAMPLES
-    assert child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, "RUNNING") == []
+    assert trial_runs(tracker, "RUNNING") == []
     assert tracker.client.get_run(tracker.parent_run_id).info.status == "FINISHED"
     study = optuna_study(config)
     for run in runs:
         assert_in_study(study, run)
-    points = [(r.data.metrics["std_acc"], r.data.metrics["rob_acc"]) for r in runs]
-    assert [r.data.tags[PARETO_TAG] == "true" for r in runs] == list(pareto_mask(points))
+    models = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`{SWEEP_RUN_TAG}` = '{tracker.parent_run_id}' and tags.`{KIND_TAG}` = 'model'"
+    )
+    keys = [m.data.tags[MODEL_KEY_TAG] for m in models]
+    assert len(keys) == len(set(keys))  # every evaluated model logged once, whatever the kills
+    points = [(m.data.metrics["std_acc"], m.data.metrics["rob_acc"]) for m in models]
+    assert [m.data.tags[PARETO_TAG] == "true" for m in models] == list(pareto_mask(points))
     twice = query(
         config, "SELECT run_uuid, key, step FROM metrics GROUP BY run_uuid, key, step HAVING count(DISTINCT value) > 1"
     )

@@ -21,9 +21,9 @@ import torch
 from rift_sweep import cli
 from rift_sweep.config import load_config
 from rift_sweep.orchestration.devices import bind_worker
-from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+from rift_sweep.orchestration.tracking import SweepTracker
 
-from conftest import free_port, gpu_jobs, gpu_of, most_at_once, ray_cluster, wait_for, write_digits_config
+from conftest import free_port, gpu_jobs, gpu_of, most_at_once, ray_cluster, trial_runs, wait_for, write_digits_config
 from helpers import missing, requires
 
 RAY_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` leaves its address for `ray.init()`
@@ -54,8 +54,11 @@ def no_cuda_in_driver(monkeypatch):
 
 
 def test_a_sweep_on_declared_gpus_binds_every_job_to_one_gpu(
-    fake_gpus, no_cuda_in_driver, tmp_path, digits_checkpoint, capsys
+    fake_gpus, no_cuda_in_driver, tmp_path, digits_checkpoint, capsys, monkeypatch
 ):
+    # A driver that finds a cluster by itself uses the token `ray start` keeps in ~/.ray (token auth); the nodes this
+    # test starts in-process have none, so both go without: the lookup is what is tested here.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     search = {"space": SPACE, "num_samples": 4, "max_concurrent": 4, "trials_per_gpu": 2}
     # Small fine-tuning batches: trials last long enough to run side by side.
     path = write_digits_config(
@@ -79,7 +82,7 @@ def test_a_sweep_on_declared_gpus_binds_every_job_to_one_gpu(
 
     config = load_config(path)
     tracker = SweepTracker(config)
-    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status="FINISHED")
+    runs = trial_runs(tracker, "FINISHED")
     assert len(runs) == 4
 
 

@@ -19,9 +19,9 @@ from rift_sweep import cli
 from rift_sweep.config import load_config
 from rift_sweep.names import PID_TAG, TRIAL_TAG
 from rift_sweep.orchestration.resources import worker_shape
-from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+from rift_sweep.orchestration.tracking import SweepTracker
 
-from conftest import gpu_jobs, most_at_once, wait_for, write_digits_config
+from conftest import finished_children, gpu_jobs, most_at_once, trial_runs, wait_for, write_digits_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +47,14 @@ def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, fake_gpus, tmp_
     thread.start()
 
     db = config.output_path / "mlflow.db"
-    run_id, pid = wait_for(lambda: _finished_children(db) >= 1 and _trial_mid_finetune(db), timeout=240)
+    run_id, pid = wait_for(lambda: finished_children(config) >= 1 and _trial_mid_finetune(db), timeout=240)
     cluster.remove_node(_node_of(pid, workers), allow_graceful=False)  # as if the machine died
     thread.join(timeout=300)
     assert not thread.is_alive(), "the sweep did not finish after a node left"
     assert box["code"] == 0
 
     tracker = SweepTracker(config)
-    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id)
+    runs = trial_runs(tracker)
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * NUM_SAMPLES  # none RUNNING, no duplicate
     assert len({r.data.tags[TRIAL_TAG] for r in runs}) == NUM_SAMPLES
     lost = tracker.client.get_run(run_id)
@@ -63,15 +63,6 @@ def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, fake_gpus, tmp_
     trials = [job for job in gpu_jobs(fake_gpus) if job["what"].startswith("trial")]  # the lost one never ended
     assert len(trials) == NUM_SAMPLES  # each trial's finished attempt (the one on the lost node never ended)
     assert max(most_at_once(trials).values()) == 1  # trials that overlapped held different GPUs
-
-
-def _finished_children(db: Path) -> int:
-    rows = _query(
-        db,
-        "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-        "WHERE runs.status = 'FINISHED' AND tags.key = 'mlflow.parentRunId'",
-    )
-    return rows[0][0] if rows else 0
 
 
 def _trial_mid_finetune(db: Path) -> tuple[str, int] | None:

@@ -13,7 +13,7 @@ import torch
 from rift_sweep import cli
 from rift_sweep.core.models import build_model
 
-from conftest import write_digits_config
+from conftest import trial_runs, write_digits_config
 
 pytestmark = pytest.mark.slow  # one small sweep for the "folder holds a sweep" cases
 
@@ -152,7 +152,7 @@ def test_bad_inputs_are_one_line_before_anything_runs(tmp_path, digits_checkpoin
 def test_resume_with_more_samples_extends_a_finished_sweep(finished, capsys):
     from rift_sweep.config import load_config
     from rift_sweep.orchestration.sweep import tune_paths
-    from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+    from rift_sweep.orchestration.tracking import SweepTracker
 
     from conftest import assert_in_study, optuna_study
 
@@ -165,7 +165,7 @@ def test_resume_with_more_samples_extends_a_finished_sweep(finished, capsys):
     assert config.search.num_samples == 3  # the sweep's own config now says 3
     assert [p.name for p in tune_paths(config)] == ["sweep", "sweep-2"]
     tracker = SweepTracker(config)
-    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, "FINISHED")
+    runs = trial_runs(tracker, "FINISHED")
     assert len(runs) == 3 and len({r.data.tags["rift_sweep.trial_id"] for r in runs}) == 3
     study = optuna_study(config)  # the new experiment's study holds the old trials too: it started from them
     for run in runs:

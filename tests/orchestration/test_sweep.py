@@ -24,9 +24,9 @@ from rift_sweep.names import (
     TRIAL_TAG,
 )
 from rift_sweep.orchestration.sweep import run_sweep
-from rift_sweep.orchestration.tracking import SweepTracker, child_runs
+from rift_sweep.orchestration.tracking import SweepTracker
 
-from conftest import assert_in_study, free_port, optuna_study, wait_for, write_digits_config
+from conftest import assert_in_study, free_port, optuna_study, trial_runs, wait_for, write_digits_config
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +44,6 @@ def sweep_config(folder, checkpoint, *, num_samples=4, max_concurrent=2, space=S
         search={"space": space, "num_samples": num_samples, "max_concurrent": max_concurrent},
         **overrides,
     )
-
-
-def children(tracker, status=None):
-    """The sweep's trial runs (its direct children, but the AT model's run)."""
-    runs = child_runs(tracker.client, tracker.experiment_id, tracker.parent_run_id, status)
-    return [r for r in runs if r.data.tags.get(KIND_TAG) == "trial"]
 
 
 def model_runs(tracker):
@@ -80,7 +74,7 @@ def finished_sweep(tmp_path_factory, digits_checkpoint):
 def test_one_trial_is_the_papers_procedure(finished_sweep):
     # Trials start concurrently, so start order says nothing; a sampled lr never equals the paper's exactly
     config, tracker = finished_sweep
-    paper = [r for r in children(tracker) if float(r.data.params["lr"]) == config.finetune.lr]
+    paper = [r for r in trial_runs(tracker) if float(r.data.params["lr"]) == config.finetune.lr]
     assert [int(r.data.params["epochs"]) for r in paper] == [config.finetune.epochs]
 
 
@@ -88,7 +82,7 @@ def test_one_run_per_trial_and_one_per_evaluated_model(finished_sweep):
     config, tracker = finished_sweep
     parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{SWEEP_TAG}` = '{config.name}'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    runs = children(tracker)
+    runs = trial_runs(tracker)
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags[TRIAL_TAG] for r in runs}) == 4
     for run in runs:
@@ -152,7 +146,7 @@ def test_parent_run_holds_the_front_and_the_mrc_table(finished_sweep):
 def test_every_trial_and_its_alpha_path_reached_optuna(finished_sweep):
     config, tracker = finished_sweep
     study = optuna_study(config)
-    for run in children(tracker):
+    for run in trial_runs(tracker):
         assert_in_study(study, run)
     # 4 trials + each fine-tune's other α points (3-point grid, 2 points besides the trial's own at most)
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) > 4
@@ -188,7 +182,7 @@ def test_cached_finetunes_are_reused_over_a_real_mlflow_server(tmp_path, digits_
         path = sweep_config(tmp_path, digits_checkpoint, num_samples=3, max_concurrent=1, space=only_alpha)
         assert cli.main(["sweep", "--config", str(path), "--tracking-uri", uri]) == 0
         tracker = SweepTracker(load_config(path, {"tracking": {"uri": uri}}))
-        runs = children(tracker, "FINISHED")
+        runs = trial_runs(tracker, "FINISHED")
         assert len(runs) == 3
         assert sorted(r.data.tags[FINETUNE_REUSED_TAG] for r in runs) == ["False", "True", "True"]
         assert len(list((tmp_path / "out" / "cache" / "finetune").glob("*.pt"))) == 1
@@ -218,7 +212,7 @@ def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path,
     os.kill(killed, signal.SIGKILL)
     thread.join(timeout=600)
     assert box["outcome"].complete
-    [done] = children(tracker, "FINISHED")
+    [done] = trial_runs(tracker, "FINISHED")
     epochs = [m.value for m in tracker.client.get_metric_history(done.info.run_id, "epoch")]
     assert epochs.count(1.0) == 1 and max(epochs) == 4  # carried on from the checkpoint, not from scratch
     assert int(done.data.tags[PID_TAG]) != killed
@@ -246,7 +240,7 @@ def test_bad_configs_are_refused_before_ray_starts(tmp_path, digits_checkpoint, 
 
 
 def _running_with_epoch(tracker):
-    for run in children(tracker, "RUNNING"):
+    for run in trial_runs(tracker, "RUNNING"):
         # Epoch 2 reported: epoch 1's checkpoint is registered for sure (its MLflow line may precede that).
         if PID_TAG in run.data.tags and run.data.metrics.get("epoch", 0) >= 2:
             return run
