@@ -90,7 +90,7 @@ def main() -> None:
     print("| ... / last iterate | " + " | ".join(f"{c.gradient_evals / base:.3f}" for c in costs.values()) + " |")
     print("| wall time of the α path (s) | " + " | ".join(f"{s:.1f}" for s in seconds.values()) + " |")
     for name, path in paths.items():
-        chosen = alpha_by_rule(path, path[0].scores, config.alpha.tolerance)  # path[0]: α = 0, the AT model
+        chosen = alpha_by_rule(path, path[0], config.alpha)  # path[0]: α = 0, the AT model
         scores = [[p.scores.std.value, p.scores.rob.value] for p in path]
         front = [p.alpha for p, keep in zip(path, pareto_mask(scores)) if keep]
         print(f"{name}: the rule picks α = {chosen}; validation front at α = {front}")

@@ -41,7 +41,7 @@ from rift_sweep.procedure.paper import at_point
 from rift_sweep.procedure.records import AlphaPoint
 from rift_sweep.procedure.steps import alpha_path, choose_modules, finetune, score_modules
 
-FINETUNES: dict = {}  # (lr, epochs) -> (state, α path): the same fine-tune is never run twice, as in the sweep
+FINETUNES: dict = {}  # (seed, lr, epochs) -> (state, α path): the same fine-tune is never run twice, as in the sweep
 
 
 def run_search(exp, module: str, sampler: str, seed: int, max_epochs: int, at_val: AlphaPoint) -> list[dict]:
@@ -57,11 +57,11 @@ def run_search(exp, module: str, sampler: str, seed: int, max_epochs: int, at_va
         if spent + epochs > max_epochs:
             break
         start = time.perf_counter()
-        if (lr, epochs) not in FINETUNES:
+        if (config.seed, lr, epochs) not in FINETUNES:
             settings = dataclasses.replace(config.finetune, lr=float(lr), epochs=int(epochs))
             best = finetune(exp, module, settings).best_state
-            FINETUNES[lr, epochs] = best, alpha_path(exp, best, at_val, progress=False)
-        best, path = FINETUNES[lr, epochs]
+            FINETUNES[config.seed, lr, epochs] = best, alpha_path(exp, best, at_val, progress=False)
+        best, path = FINETUNES[config.seed, lr, epochs]
         own = min(path, key=lambda p: abs(p.alpha - trial.params.get("alpha", 0.0)))
         study.tell(trial, [own.scores.std.value, own.scores.rob.value])
         for point in path:  # the rest of the path: already evaluated points, as the sweep's searcher adds them

@@ -137,12 +137,15 @@ def cmd_train_at(args: argparse.Namespace) -> int:
     extra = {"data": {"train_subset": args.train_subset}}
     if args.epochs is not None:
         extra["adversarial_training"] = {"epochs": args.epochs}
-    result = train_at_checkpoint(config_from_args(args, extra), args.out)
-    for row in result.history:
+
+    def show(row: dict) -> None:  # as each epoch ends: a long run shows its progress
         print(
             f"epoch {row['epoch']:>3}  lr {row['lr']:.4f}  loss {row['train_loss']:.3f}  "
-            f"val std {row['std_acc']:.2f}  val rob {row['rob_acc']:.2f}  {row['seconds']:.0f}s"
+            f"val std {row['std_acc']:.2f}  val rob {row['rob_acc']:.2f}  {row['seconds']:.0f}s",
+            flush=True,
         )
+
+    result = train_at_checkpoint(config_from_args(args, extra), args.out, on_epoch=show)
     best = result.history[result.best_epoch - 1]
     print(f"best epoch {result.best_epoch} (val rob {best['rob_acc']:.2f}) saved to {args.out}")
     return 0

@@ -164,8 +164,11 @@ class ModuleChoice:
 @dataclass(frozen=True)
 class AlphaConfig:
     grid: tuple[float, ...] = tuple(i / 10 for i in range(11))  # the α path evaluated per fine-tune
-    tolerance: float = 0.1  # percentage points of robust accuracy the paper's rule may give up
+    tolerance: float = 0.1  # accuracy points of robust accuracy the rule may give up (0.1: a tenth of a point)
     screen: float = 0.25  # fraction of validation that first measures each α point's robustness; 1: no screening
+    # Which models keep robustness: "paper", validation rob_acc >= AT's - tolerance (point estimates); "paired", the
+    # lower end of the paired 95 % interval of the change against the AT model on the same images >= -tolerance.
+    rule: Literal["paper", "paired"] = "paper"
 
     def __post_init__(self) -> None:
         if not self.grid:

@@ -8,6 +8,7 @@ best robust accuracy on the validation split. Milestones are fractions of the ru
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +64,10 @@ def adversarial_train(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> ATResult:
-    """Train `model` (on `device`) on PGD examples; keep the epoch with the best validation robust accuracy."""
+    """Train `model` (on `device`) on PGD examples; keep the epoch with the best validation robust accuracy.
+    `on_epoch` receives each epoch's row (train_loss, val std_acc, rob_acc, lr, seconds) as soon as it is known."""
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -86,6 +89,8 @@ def adversarial_train(
             "seconds": time.perf_counter() - start,
         }
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
         if best_state is None or row["rob_acc"] > history[best_epoch - 1]["rob_acc"]:
             best_epoch = epoch + 1
             best_state = cpu_copy(model.state_dict())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -75,9 +75,22 @@ class FinetuneResult:
     seconds: float
 
 
-def tuned_keys(model: nn.Module, module_name: str, bn: str) -> list[str]:
-    """The state entries fine-tuning changes: the module's weight; with bn "adapt" also every BatchNorm statistic."""
-    keys = [f"{module_name}.weight"]
+EVERY_LAYER = "*"  # fine-tune every parameter (the paper's ablation "all layers"), not one module's weight
+
+
+def tuned_parameters(model: nn.Module, modules: str | Sequence[str]) -> dict[str, nn.Parameter]:
+    """The parameters fine-tuning trains, by state key: each named module's weight (RiFT: one module), or every
+    parameter for EVERY_LAYER."""
+    if modules == EVERY_LAYER:
+        return dict(model.named_parameters())
+    names = [modules] if isinstance(modules, str) else list(modules)
+    return {f"{name}.weight": get_module(model, name).weight for name in names}
+
+
+def tuned_keys(model: nn.Module, modules: str | Sequence[str], bn: str) -> list[str]:
+    """The state entries fine-tuning changes: the trained parameters; with bn "adapt" also every BatchNorm
+    statistic."""
+    keys = list(tuned_parameters(model, modules))
     if bn == "adapt":
         keys += [
             f"{name}.{buffer}" if name else buffer
@@ -91,7 +104,7 @@ def tuned_keys(model: nn.Module, module_name: str, bn: str) -> list[str]:
 
 def finetune_module(
     model: nn.Module,
-    module_name: str,
+    module_name: str | Sequence[str],
     train: Split,
     val: Split,
     settings: FinetuneSettings = FinetuneSettings(),
@@ -104,23 +117,22 @@ def finetune_module(
     on_epoch: Callable[[FinetuneState], None] | None = None,
     progress: bool = False,
 ) -> FinetuneResult:
-    """Fine-tune `module_name`'s weight of `model` (on `device`, holding θ_AT) on clean `train` data.
+    """Fine-tune `module_name`'s weight of `model` (on `device`, holding θ_AT) on clean `train` data; several
+    modules' weights together for a list of names, every parameter for EVERY_LAYER (the paper's ablations).
 
     The model ends holding the best epoch's weights. `on_epoch` receives the state after every epoch
     (e.g. to checkpoint a trial); `resume` continues from such a state, reproducing the same run.
     """
     start = time.perf_counter()
-    weight = get_module(model, module_name).weight
-    optimizer = torch.optim.SGD(
-        [weight], lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
+    weights = list(tuned_parameters(model, module_name).values())
+    optimizer = torch.optim.SGD(weights, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     keys = tuned_keys(model, module_name, settings.bn)
     state = resume or FinetuneState()
     if resume is not None:
         model.load_state_dict(resume.model_state, strict=False)  # the model holds θ_AT everywhere else
         optimizer.load_state_dict(resume.optimizer_state)
     epochs = range(state.epochs_done, settings.epochs)
-    with only_trainable(model, weight):
+    with only_trainable(model, *weights):
         for epoch in tqdm(epochs, desc=f"fine-tune {module_name}", disable=None if progress else True, leave=False):
             _train_one_epoch(model, optimizer, train, settings, epoch, augment, crop_padding, seed, device)
             state.val_acc.append(accuracy(model, val, batch_size=256, device=device))

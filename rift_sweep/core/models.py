@@ -11,6 +11,8 @@ checkpoints load strictly and MRC module names match the paper (e.g. ``layer2.1.
   the variants without it (``final_bn=False``) and with raw-input projections (``project_activated=False``).
 - ``wrn34_10``: WideResNet-34-10 of TRADES (also used by MART, AWP and the RiFT reference code).
 - ``small_cnn``: a 3-conv network for 8x8 / 28x28 / 32x32 inputs that trains fast on a CPU.
+- ``trades_cnn``: the 4-conv + 3-fc MNIST "SmallCNN" of TRADES (``feature_extractor.conv1`` ...
+  ``classifier.fc3``), for 28x28 (and 32x32) inputs.
 
 Every model takes images in [0, 1] and normalises them in its first submodule, ``normalize``, whose
 mean/std buffers are non-persistent: state dicts hold exactly the architecture's own keys.
@@ -39,6 +41,7 @@ import logging
 import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -413,6 +416,62 @@ class SmallCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(out)))
 
 
+class TradesCNN(nn.Module):
+    """TRADES' MNIST "SmallCNN" (yaodongyu/TRADES ``models/small_cnn.py``), with its module names and init.
+
+    ``feature_extractor``: conv1 (32), conv2 (32), maxpool1, conv3 (64), conv4 (64), maxpool2 -- 3x3 convs
+    without padding or BN, ReLU after each; ``classifier``: fc1 (64*4*4 -> 200), dropout 0.5, fc2 (200), fc3.
+    Seven Conv2d/Linear modules, four of them convolutions in the middle of the network.
+
+    ``maxpool2`` pools adaptively to 4x4: on 28x28 inputs its 8x8 map pools exactly as TRADES' 2x2 max-pool (the
+    same 64*4*4 features, so TRADES checkpoints load strictly), and 32x32 inputs (10x10 there) still give 64*4*4
+    features with the same weights. Inputs must be at least 16x16.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, drop: float = 0.5) -> None:
+        super().__init__()
+        self.normalize = _identity_normalize(in_channels)
+        self.feature_extractor = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(in_channels, 32, 3)),
+                    ("relu1", nn.ReLU()),
+                    ("conv2", nn.Conv2d(32, 32, 3)),
+                    ("relu2", nn.ReLU()),
+                    ("maxpool1", nn.MaxPool2d(2, 2)),
+                    ("conv3", nn.Conv2d(32, 64, 3)),
+                    ("relu3", nn.ReLU()),
+                    ("conv4", nn.Conv2d(64, 64, 3)),
+                    ("relu4", nn.ReLU()),
+                    ("maxpool2", nn.AdaptiveMaxPool2d(4)),
+                ]
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("fc1", nn.Linear(64 * 4 * 4, 200)),
+                    ("relu1", nn.ReLU()),
+                    ("drop", nn.Dropout(drop)),
+                    ("fc2", nn.Linear(200, 200)),
+                    ("relu2", nn.ReLU()),
+                    ("fc3", nn.Linear(200, num_classes)),
+                ]
+            )
+        )
+        # TRADES: He-normal convs (fan-in) with zero bias, PyTorch's default Linear init, a zero classifier.
+        for module in self.feature_extractor:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.classifier.fc3.weight)
+        nn.init.zeros_(self.classifier.fc3.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.feature_extractor(self.normalize(x))
+        return self.classifier(features.flatten(1))
+
+
 # --------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------
@@ -443,6 +502,10 @@ def small_cnn(num_classes: int, in_channels: int = 1) -> SmallCNN:
     return SmallCNN(num_classes, in_channels)
 
 
+def trades_cnn(num_classes: int, in_channels: int = 1) -> TradesCNN:
+    return TradesCNN(num_classes, in_channels)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A registered architecture: `builder(num_classes, in_channels)` returns an un-normalised model."""
@@ -460,6 +523,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("preact_resnet18", preact_resnet18, "PreAct ResNet-18, final bn (robust_overfitting layout); 32x32"),
         ModelSpec("wrn34_10", wrn34_10, "WideResNet-34-10 (TRADES layout, 46.2M params); 32x32"),
         ModelSpec("small_cnn", small_cnn, "3-conv CNN (5 Conv2d/Linear) for CPU runs; 8x8, 28x28, 32x32"),
+        ModelSpec("trades_cnn", trades_cnn, "TRADES' MNIST SmallCNN: 4 conv + 3 fc (7 Conv2d/Linear); 28x28, 32x32"),
     )
 }
 

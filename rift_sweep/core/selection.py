@@ -7,20 +7,22 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def best_qualifying(points: Sequence[tuple[float, float, float]], qualifying: Sequence[bool]) -> int | None:
+    """The index of the largest standard accuracy among the qualifying (std_acc, rob_acc, α) points, or None when none
+    qualifies (then the AT model is kept). Ties in std_acc go to the higher rob_acc, then to the smaller α (the point
+    closer to the AT model), so the pick is never dominated by another qualifying point."""
+    chosen = [i for i, ok in enumerate(qualifying) if ok]
+    if not chosen:
+        return None
+    return max(chosen, key=lambda i: (points[i][0], points[i][1], -points[i][2]))
+
+
 def paper_rule(points: Sequence[tuple[float, float, float]], at_rob_acc: float, tolerance: float = 0.1) -> int | None:
     """The paper's rule: among `points` (std_acc, rob_acc, α) on validation, the index of the largest standard
-    accuracy whose robust accuracy stays ≥ at_rob_acc − tolerance (percentage points). Picks α on one fine-tune's
-    path, and the recommended model among a sweep's.
-
-    Ties in std_acc go to the higher rob_acc, then to the smaller α (the point closer to the AT model), so the pick
-    is never dominated by another qualifying point. None when no point qualifies: then the AT model is kept.
-    """
+    accuracy whose robust accuracy stays ≥ at_rob_acc − tolerance (percentage points); see `best_qualifying`."""
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 percentage points; got {tolerance}")
-    qualifying = [i for i, (_, rob, _) in enumerate(points) if rob >= at_rob_acc - tolerance]
-    if not qualifying:
-        return None
-    return max(qualifying, key=lambda i: (points[i][0], points[i][1], -points[i][2]))
+    return best_qualifying(points, [rob >= at_rob_acc - tolerance for _, rob, _ in points])
 
 
 def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:

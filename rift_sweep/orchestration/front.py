@@ -23,7 +23,7 @@ import torch
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.data import dataset_info
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.selection import paper_rule, pareto_mask
+from rift_sweep.core.selection import pareto_mask
 from rift_sweep.orchestration.resources import worker_shape
 from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.orchestration.workers import WorkerPool
@@ -32,6 +32,7 @@ from rift_sweep.procedure.finetune_cache import load_at, load_finetune, save_at,
 from rift_sweep.procedure.front_html import write_front_html
 from rift_sweep.procedure.plots import front_chart
 from rift_sweep.procedure.records import AT_KEY, AlphaPoint, Examples, Front, Model, Trial
+from rift_sweep.procedure.steps import rule_pick
 from rift_sweep.procedure.tables import front_markdown
 
 AUTOATTACK = "autoattack"  # model_examples' job of a model's AutoAttack run
@@ -125,11 +126,10 @@ def evaluated_models(config: SweepConfig, trials: list[Trial], at_val: AlphaPoin
 
 
 def choose(config: SweepConfig, models: list[Model], at_val: AlphaPoint) -> Front:
-    """The Pareto front of the objectives over every model, and the paper's rule over every model (validation)."""
+    """The Pareto front of the objectives over every model, and the rule (alpha.rule) over every model (validation)."""
     objectives = config.search.objectives
     on_front = pareto_mask([[m.val.objective(o) for o in objectives] for m in models])
-    points = [(m.val.std.value, m.val.rob.value, m.alpha) for m in models]
-    pick = paper_rule(points, at_val.scores.rob.value, config.alpha.tolerance)
+    pick = rule_pick([(m.val, m.val_versus_at, m.alpha) for m in models], at_val.scores, config.alpha)
     recommended = None if pick is None or models[pick].is_at else models[pick]  # α = 0 is the AT model itself
     keys = frozenset(m.key for m, keep in zip(models, on_front) if keep)
     return Front(models, keys, recommended, tuple(objectives), config.alpha.tolerance)

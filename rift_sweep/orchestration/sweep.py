@@ -172,7 +172,7 @@ def _trial(params: dict, exp: Experiment, modules: list[str], at: AlphaPoint) ->
         save_finetune(config, key, cached)
         partial_path(config, key).unlink(missing_ok=True)
     if alpha is None:  # α not searched: the paper's rule picks it from the validation path
-        alpha = alpha_by_rule(cached.path, at.scores, config.alpha.tolerance)
+        alpha = alpha_by_rule(cached.path, at, config.alpha)
     eval_start = time.perf_counter()
     point = cached.point(alpha)
     scores = point.scores if point is not None else None

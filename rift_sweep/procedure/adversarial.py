@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.adversarial_training import ATResult, adversarial_train
@@ -12,11 +15,15 @@ from rift_sweep.core.models import on_device, save_checkpoint
 from rift_sweep.procedure.experiment import build_architecture, load_data, resolve_device, split_identity
 
 
-def train_at_checkpoint(config: SweepConfig, out: Path) -> ATResult:
-    """Train, keep the epoch with the best validation robust accuracy, write it to `out` (checked first)."""
+def train_at_checkpoint(
+    config: SweepConfig, out: Path, on_epoch: Callable[[dict[str, float]], None] | None = None
+) -> ATResult:
+    """Train, keep the epoch with the best validation robust accuracy, write it to `out` (checked first). The initial
+    weights come from `config.seed` too, so a run is repeatable. `on_epoch`: see adversarial_train."""
     check_writable(out)
     splits = load_data(config)
     device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
     model = on_device(build_architecture(config, splits.info), device)
     start = time.perf_counter()
     result = adversarial_train(
@@ -29,6 +36,7 @@ def train_at_checkpoint(config: SweepConfig, out: Path) -> ATResult:
         crop_padding=splits.info.crop_padding,
         seed=config.seed,
         device=device,
+        on_epoch=on_epoch,
     )
     best = result.history[result.best_epoch - 1]
     attack = config.attack

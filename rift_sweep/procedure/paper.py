@@ -45,7 +45,7 @@ def run_paper_procedure(
     module = choose_modules([r.module for r in ranked], config.modules)[0]
     finetuned = finetune(exp, module, config.finetune, progress=progress)
     path = alpha_path(exp, finetuned.best_state, at, progress=progress)
-    alpha = alpha_by_rule(path, at.scores, config.alpha.tolerance)
+    alpha = alpha_by_rule(path, at, config.alpha)
     runs = config.attack.test_runs
     rift = interpolate_state(exp.at_state, finetuned.best_state, alpha)
     at_test, rift_test = exp.examples(exp.at_state, "test", runs=runs), exp.examples(rift, "test", runs=runs)

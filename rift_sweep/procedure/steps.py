@@ -10,16 +10,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rift_sweep.config import ModuleChoice
+from rift_sweep.config import AlphaConfig, ModuleChoice
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState, finetune_module
 from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.models import StateDict
 from rift_sweep.core.mrc import MRCResult, module_robust_criticality
-from rift_sweep.core.selection import paper_rule
+from rift_sweep.core.selection import best_qualifying
 from rift_sweep.core.statistics import paired_gain_interval
 from rift_sweep.procedure.experiment import Experiment
-from rift_sweep.procedure.records import AlphaPoint, Examples, Scores
+from rift_sweep.procedure.records import AlphaPoint, Examples, Scores, Versus
 
 
 def score_modules(exp: Experiment, modules: Sequence[str], *, progress: bool = True) -> list[MRCResult]:
@@ -45,14 +45,15 @@ def choose_modules(names: Sequence[str], choice: ModuleChoice) -> list[str]:
 
 def finetune(
     exp: Experiment,
-    module: str,
+    module: str | Sequence[str],
     settings: FinetuneSettings,
     *,
     resume: FinetuneState | None = None,
     on_epoch: Callable[[FinetuneState], None] | None = None,
     progress: bool = False,
 ) -> FinetuneResult:
-    """Fine-tune `module` of θ_AT on the clean training split with the dataset's augmentation."""
+    """Fine-tune `module` of θ_AT (several, or finetune.EVERY_LAYER, for the paper's ablations) on the clean training
+    split with the dataset's augmentation."""
     info = exp.splits.info
     return finetune_module(
         exp.load_state(exp.at_state),
@@ -110,10 +111,10 @@ def alpha_path(
         if screen.all():  # no screening: final at once, so progress (and a resume) goes point by point
             finish(alpha, first[alpha])
     full = [p for p in points.values() if not p.scores.screened]
-    floor = at.scores.rob.value - config.alpha.tolerance
     for alpha in sorted((a for a in todo if a not in points), key=lambda a: (-first[a].clean.mean(), a)):
         examples = first[alpha]
-        if alpha not in in_full and _settled_by_screen(examples, screen, full, floor):
+        keeps = [keeps_robustness(p.scores, p.examples.versus(at.examples), at.scores, config.alpha) for p in full]
+        if alpha not in in_full and _settled_by_screen(examples, screen, full, keeps):
             finish(alpha, examples)
             continue
         state = interpolate_state(exp.at_state, ft_state, alpha)
@@ -130,17 +131,19 @@ def screen_mask(n: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def _settled_by_screen(candidate: Examples, screen: np.ndarray, full: Sequence[AlphaPoint], rob_floor: float) -> bool:
+def _settled_by_screen(
+    candidate: Examples, screen: np.ndarray, full: Sequence[AlphaPoint], keeps: Sequence[bool]
+) -> bool:
     """Whether the rest of validation cannot change the path's answers beyond what the full set can resolve.
 
-    Two conditions, both on points already measured in full: (1) one with higher clean accuracy meets the paper's
-    rule (rob_acc >= rob_floor), so the candidate is not the rule's pick and the pick is exactly what it would be
-    without screening; (2) one with at least its clean accuracy is, on the screen's images, robust-better or
-    behind by less than that point's own full-set Wilson half-width (a paired 95 % upper bound, see
-    statistics.paired_gain_interval), so the candidate cannot be told apart from a point that dominates it.
+    Two conditions, both on points already measured in full (`keeps`: which of them keep robustness by the rule):
+    (1) one with higher clean accuracy keeps robustness, so the candidate is not the rule's pick and the pick is
+    exactly what it would be without screening; (2) one with at least its clean accuracy is, on the screen's images,
+    robust-better or behind by less than that point's own full-set Wilson half-width (a paired 95 % upper bound,
+    see statistics.paired_gain_interval), so the candidate cannot be told apart from a point that dominates it.
     """
     std = 100.0 * candidate.clean.mean()
-    if not any(p.scores.std.value > std and p.scores.rob.value >= rob_floor for p in full):
+    if not any(p.scores.std.value > std and kept for p, kept in zip(full, keeps)):
         return False
     return any(
         p.scores.std.value >= std
@@ -149,7 +152,23 @@ def _settled_by_screen(candidate: Examples, screen: np.ndarray, full: Sequence[A
     )
 
 
-def alpha_by_rule(path: Sequence[AlphaPoint], at: Scores, tolerance: float) -> float:
-    """The paper's α: the largest val std_acc with rob_acc ≥ AT − tolerance; 0 (the AT model) when none qualifies."""
-    chosen = paper_rule([(p.scores.std.value, p.scores.rob.value, p.alpha) for p in path], at.rob.value, tolerance)
+def keeps_robustness(scores: Scores, versus: Versus | None, at: Scores, alpha: AlphaConfig) -> bool:
+    """Whether a model keeps the AT model's robustness by the configured rule (`alpha.rule`): "paper", its validation
+    rob_acc ≥ AT's − tolerance (two point estimates); "paired", the lower end of the paired 95 % interval of its
+    change against the AT model on the same images ≥ −tolerance (the AT model itself, `versus` None, always keeps)."""
+    if alpha.rule == "paired":
+        return versus is None or versus.rob.low >= -alpha.tolerance
+    return scores.rob.value >= at.rob.value - alpha.tolerance
+
+
+def rule_pick(candidates: Sequence[tuple[Scores, Versus | None, float]], at: Scores, alpha: AlphaConfig) -> int | None:
+    """The rule's choice among (validation scores, change against the AT model, α): the largest std_acc among the
+    models that keep robustness (`keeps_robustness`); None when none does."""
+    points = [(scores.std.value, scores.rob.value, a) for scores, _, a in candidates]
+    return best_qualifying(points, [keeps_robustness(s, v, at, alpha) for s, v, _ in candidates])
+
+
+def alpha_by_rule(path: Sequence[AlphaPoint], at: AlphaPoint, alpha: AlphaConfig) -> float:
+    """The rule's α on one fine-tune's path; 0 (the AT model) when no point keeps robustness."""
+    chosen = rule_pick([(p.scores, p.examples.versus(at.examples), p.alpha) for p in path], at.scores, alpha)
     return 0.0 if chosen is None else float(path[chosen].alpha)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rift_sweep.core.finetune import FinetuneSettings, FinetuneState, finetune_module
+from rift_sweep.core.finetune import EVERY_LAYER, FinetuneSettings, FinetuneState, finetune_module
 from rift_sweep.core.mrc import candidate_modules
 
 
@@ -80,3 +80,14 @@ def test_a_failed_finetune_leaves_every_requires_grad_flag_as_found(digits, fres
     with pytest.raises(ValueError, match="expects images"):
         finetune_module(model, "conv2", three_channels, digits.val, FinetuneSettings(epochs=1), seed=0)
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
+@pytest.mark.parametrize("modules", [["conv2", "fc1"], EVERY_LAYER])
+def test_several_modules_or_every_layer_train_together_and_only_they_change(digits, fresh_digits_model, modules):
+    model = fresh_digits_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = finetune_module(model, modules, digits.train, digits.val, FinetuneSettings(lr=0.05, epochs=1))
+    changed = changed_entries(before, model.state_dict())
+    parameters = {name for name, _ in model.named_parameters()}
+    expected = parameters if modules == EVERY_LAYER else {f"{m}.weight" for m in modules}
+    assert changed == expected == set(result.best_state)  # BatchNorm statistics stay frozen (bn: frozen)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rift_sweep.core.models import (
     MODELS,
@@ -68,6 +69,8 @@ def cnn_pair() -> tuple[nn.Module, torch.Tensor]:
         ("small_cnn", (1, 28, 28)),
         ("small_cnn", (1, 8, 8)),
         ("small_cnn", (3, 32, 32)),
+        ("trades_cnn", (1, 28, 28)),
+        ("trades_cnn", (3, 32, 32)),
     ],
 )
 def test_forward_gives_one_logit_per_class(name: str, shape: tuple[int, int, int]) -> None:
@@ -130,10 +133,44 @@ def test_small_cnn_gives_mrc_at_least_five_candidates() -> None:
     assert weight_modules(model) == ["conv1", "conv2", "conv3", "fc1", "fc2"]
 
 
+def test_trades_cnn_has_the_trades_layout() -> None:
+    model = build_model("trades_cnn", num_classes=10, in_channels=1)
+    convs = [f"feature_extractor.conv{i}" for i in range(1, 5)]
+    fcs = [f"classifier.fc{i}" for i in range(1, 4)]
+    assert weight_modules(model) == convs + fcs
+    # TRADES' checkpoint keys exactly (no BN, every layer with a bias), so its MNIST checkpoints load strictly.
+    assert set(model.state_dict()) == {f"{m}.{p}" for m in convs + fcs for p in ("weight", "bias")}
+    assert model.classifier.fc1.in_features == 64 * 4 * 4
+    # TRADES starts from a zero classifier: every class equally likely.
+    assert not outputs(model, torch.rand(3, 1, 28, 28)).any()
+
+
+def test_trades_cnn_pools_28x28_exactly_as_trades() -> None:
+    torch.manual_seed(0)
+    model = build_model("trades_cnn", num_classes=10, in_channels=1).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        before_pool = model.feature_extractor[:-1](x)
+        assert before_pool.shape == (4, 64, 8, 8)
+        # The adaptive 4x4 pool is TRADES' MaxPool2d(2, 2) on the 8x8 map of 28x28 inputs.
+        torch.testing.assert_close(model.feature_extractor(x), F.max_pool2d(before_pool, 2), rtol=0, atol=0)
+
+
+def test_trades_cnn_dropout_only_in_train_mode() -> None:
+    torch.manual_seed(0)
+    model = build_model("trades_cnn", num_classes=10, in_channels=1)
+    nn.init.normal_(model.classifier.fc3.weight)
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(outputs(model, x), outputs(model, x), rtol=0, atol=0)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+
+
 # ------------------------------------------------------------------ normalisation and registry
 
 
-@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "small_cnn"])
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "small_cnn", "trades_cnn"])
 def test_state_dict_has_no_normalisation_entries(name: str) -> None:
     model = build_model(name, num_classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
     buffers = dict(model.named_buffers())
@@ -187,7 +224,7 @@ def test_wrong_channel_count_is_named() -> None:
 
 
 def test_registry_entries_build_what_they_describe() -> None:
-    assert set(MODELS) == {"resnet18", "resnet34", "preact_resnet18", "wrn34_10", "small_cnn"}
+    assert set(MODELS) == {"resnet18", "resnet34", "preact_resnet18", "wrn34_10", "small_cnn", "trades_cnn"}
     for name, spec in MODELS.items():
         assert spec.description
         model = build_model(name, num_classes=7, in_channels=3)

@@ -49,9 +49,9 @@ def std(path):
 
 def test_screening_keeps_the_rule_and_every_fully_measured_point(paths):
     exp, _, at, full, screened, costs = paths
-    n, tolerance = len(exp.splits.val), exp.config.alpha.tolerance
+    n = len(exp.splits.val)
     assert std(screened) == std(full)  # clean accuracy is always on all of val
-    assert alpha_by_rule(screened, at.scores, tolerance) == alpha_by_rule(full, at.scores, tolerance)
+    assert alpha_by_rule(screened, at, exp.config.alpha) == alpha_by_rule(full, at, exp.config.alpha)
     part = [p for p in screened if p.scores.screened]
     assert part, "no point was screened: the test would not exercise screening"
     assert costs["screened"].gradient_evals < costs["full"].gradient_evals
@@ -114,3 +114,14 @@ def test_a_screened_point_is_compared_with_the_at_model_on_the_screen_only(paths
     expected = 100 * (point.examples.robust[screen].mean() - at.examples.robust[screen].mean())
     assert versus.rob.points == pytest.approx(expected)
     assert versus.rob.low <= versus.rob.points <= versus.rob.high and 0 <= versus.rob.p <= 1
+
+
+def test_the_paired_rule_accepts_only_points_whose_paired_lower_bound_keeps_the_tolerance(paths):
+    exp, _, at, full, _, _ = paths
+    paired = dataclasses.replace(exp.config.alpha, rule="paired")
+    chosen = alpha_by_rule(full, at, paired)
+    lower = {p.alpha: p.examples.versus(at.examples).rob.low for p in full if p.alpha > 0}
+    tolerated = [p for p in full if p.alpha == 0 or lower[p.alpha] >= -paired.tolerance]
+    best = max(tolerated, key=lambda p: (p.scores.std.value, p.scores.rob.value, -p.alpha))
+    assert chosen == best.alpha  # the most accurate of the points whose paired lower bound stays within tolerance
+    assert any(lower[a] < -paired.tolerance for a in lower)  # the rule refuses something here: it can fail

@@ -1,0 +1,245 @@
+"""The paper's ablations (Table 3) and the sweep's recommended model, on one AT model, held out.
+
+    .venv/bin/python bench/ablation.py [--config search_spaces/demo.yaml] [--val 5000] [--test 10000]
+                                       [--seeds 0 1 2] [--rows every-layer last most least lowest-2 lowest-3 sweep]
+                                       [--out bench/ablation.json]
+
+Every row fine-tunes with the config's finetune settings on the whole training carve per epoch, walks the α path on
+validation (`--val` images) and picks α by each rule (`alpha.rule`: the paper's point estimates, and the paired
+lower bound); each pick is evaluated on the test split (`--test` images; PGD worst of attack.test_runs, OOD) with
+Wilson 95 % intervals and the exact McNemar p-value against the AT model on the same images, the same attack seed.
+
+  every-layer  every parameter            last      the classifier (the last module)
+  most         the most robust-critical   least     the least: RiFT
+  lowest-2/3   the 2 or 3 least critical modules together
+  sweep        the sweep's recommended model: its search in-process (bench/sweep.py's run_search: TPE, the paper's
+               point first, every α point told to the study) at 1x and 2x the paper's fine-tuning epochs, the rule
+               over every α point of every fine-tune
+
+Seeds (config.seed: the fine-tuning batches, the attacks' random starts) for `least` and `sweep`; the others run the
+first seed only. Printed: the table beside the paper's Table 3, each rule's verdict per seed (robust accuracy kept
+within alpha.tolerance on test? the clean gain, its p), and the machine. The long job of issue 18: about 3 h of one
+CPU core for the demo's model at the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rift_sweep.config import load_config
+from rift_sweep.core.finetune import EVERY_LAYER
+from rift_sweep.core.interpolate import interpolate_state
+from rift_sweep.procedure.experiment import experiment_modules, load_experiment
+from rift_sweep.procedure.paper import at_point
+from rift_sweep.procedure.records import AlphaPoint, Examples, Scores
+from rift_sweep.procedure.steps import alpha_by_rule, alpha_path, finetune, rule_pick, score_modules
+
+from sweep import run_search
+
+RULES = ("paper", "paired")
+MULTI_SEED_ROWS = ("least", "sweep")
+# The paper's Table 3 (ResNet-18, CIFAR-10, AT): std / OOD / adv, %.
+PAPER = {
+    "AT": (81.46, 73.56, 53.63),
+    "every-layer": (83.56, 75.48, 52.66),
+    "last": (83.35, 75.16, 52.75),
+    "most": (83.36, 75.42, 52.48),
+    "least": (83.44, 75.69, 53.65),
+    "lowest-2": (None, None, 52.47),
+    "lowest-3": (None, None, 52.22),
+}
+
+
+@dataclasses.dataclass
+class Outcome:
+    row: str
+    seed: int
+    rule: str
+    alpha: float
+    modules: str
+    val: dict
+    test: dict
+    test_versus_at: dict
+    seconds: float
+
+
+def main() -> None:
+    args = _arguments()
+    base = load_config(
+        args.config,
+        assignments=[
+            f"data.val_subset={args.val}",
+            f"data.test_subset={args.test}",
+            "data.train_subset=null",  # the whole training carve per epoch, as the paper fine-tunes
+            "device=cpu",
+        ],
+    )
+    exp = load_experiment(base)
+    ranked = [r.module for r in score_modules(exp, experiment_modules(base, exp.model), progress=False)]
+    print(f"MRC, lowest first: {', '.join(ranked)}", flush=True)
+    modules = {
+        "every-layer": EVERY_LAYER,
+        "last": experiment_modules(base, exp.model)[-1],
+        "most": ranked[-1],
+        "least": ranked[0],
+        "lowest-2": ranked[:2],
+        "lowest-3": ranked[:3],
+    }
+    outcomes: list[Outcome] = []
+    for seed in args.seeds:
+        seeded = dataclasses.replace(exp, config=dataclasses.replace(base, seed=seed))
+        at_val, at_test = at_point(seeded), _test(seeded, "AT", seeded.at_state)
+        print(f"seed {seed}: AT val {_brief(at_val.scores)}  test {_brief(at_test[0])}", flush=True)
+        for row in args.rows:
+            if seed != args.seeds[0] and row not in MULTI_SEED_ROWS:
+                continue
+            runs = _sweep_rows(seeded, ranked[0], at_val) if row == "sweep" else [_row(seeded, row, modules, at_val)]
+            for name, picks, seconds in runs:
+                for rule, (alpha, state, val_scores, label) in picks.items():
+                    scores, examples = _test(seeded, f"{name} {label} α {alpha}", state)
+                    versus = examples.versus(at_test[1])
+                    outcomes.append(
+                        Outcome(
+                            name,
+                            seed,
+                            rule,
+                            alpha,
+                            label,
+                            val_scores.metrics(),
+                            scores.metrics(),
+                            versus.metrics(),
+                            seconds,
+                        )
+                    )
+                    print(json.dumps(dataclasses.asdict(outcomes[-1])), flush=True)
+        args.out.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes], indent=1))
+    print_table(outcomes, base.alpha.tolerance)
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; validation {len(exp.splits.val)}, test {len(exp.splits.test)}, "
+        f"train {len(exp.splits.train)} per epoch"
+    )
+
+
+def _row(exp, row: str, modules: dict, at_val: AlphaPoint):
+    """(row, {rule: (α, state, validation scores, modules)}, seconds) of one fine-tune and its α path."""
+    start = time.perf_counter()
+    chosen = modules[row]
+    best = finetune(exp, chosen, exp.config.finetune).best_state
+    path = alpha_path(exp, best, at_val, progress=False)
+    picks = {}
+    for rule in RULES:
+        alpha = alpha_by_rule(path, at_val, dataclasses.replace(exp.config.alpha, rule=rule))
+        point = next(p for p in path if p.alpha == alpha)
+        picks[rule] = (alpha, interpolate_state(exp.at_state, best, alpha), point.scores, _label(chosen))
+    return row, picks, time.perf_counter() - start
+
+
+def _sweep_rows(exp, module: str, at_val: AlphaPoint):
+    """The sweep's recommended model at 1x and 2x the paper's fine-tuning epochs: one search, cut at each budget."""
+    start = time.perf_counter()
+    paper_epochs = exp.config.finetune.epochs
+    finetunes = run_search(exp, module, "tpe", exp.config.seed, 2 * paper_epochs, at_val)
+    for multiple in (1, 2):
+        within, spent = [], 0
+        for ft in finetunes:
+            if spent + ft["epochs"] > multiple * paper_epochs:
+                break
+            spent += ft["epochs"]
+            within.append(ft)
+        candidates = [(ft, p) for ft in within for p in ft["path"]]
+        picks = {}
+        for rule in RULES:
+            rule_config = dataclasses.replace(exp.config.alpha, rule=rule)
+            options = [(p.scores, p.examples.versus(at_val.examples), p.alpha) for _, p in candidates]
+            index = rule_pick(options, at_val.scores, rule_config)
+            ft, point = candidates[index] if index is not None else (None, at_val)
+            state = exp.at_state if ft is None else interpolate_state(exp.at_state, ft["state"], point.alpha)
+            label = "-" if ft is None else f"{module} lr {ft['lr']:.1e} ep {ft['epochs']}"
+            picks[rule] = (point.alpha, state, point.scores, label)
+        yield f"sweep {multiple}x", picks, time.perf_counter() - start
+
+
+_TESTED: dict = {}
+
+
+def _test(exp, model: str, state) -> tuple[Scores, Examples]:
+    """(scores, per-example results) of `state` on test, worst of attack.test_runs PGD runs, OOD: once per (seed,
+    model), as both rules often pick the same α."""
+    key = (exp.config.seed, model)
+    if key not in _TESTED:
+        examples = exp.examples(state, "test", runs=exp.config.attack.test_runs)
+        _TESTED[key] = (examples.scores(exp.ood_accuracies(state, "test")), examples)
+    return _TESTED[key]
+
+
+def _label(modules) -> str:
+    return "every parameter" if modules == EVERY_LAYER else modules if isinstance(modules, str) else "+".join(modules)
+
+
+def _brief(scores: Scores) -> str:
+    return f"std {scores.std.value:.2f} rob {scores.rob.value:.2f} ood {scores.ood or 0:.2f}"
+
+
+def print_table(outcomes: list[Outcome], tolerance: float) -> None:
+    """Markdown: per row and rule, each seed's test accuracies and change against the AT model (p), how many seeds
+    kept robust accuracy within the tolerance, and the paper's Table 3 beside it."""
+    print(
+        "\n| row | rule | seeds | α (per seed) | test std % [95 %] (per seed) | test rob % [95 %] | test OOD % | Δstd vs AT, p "
+        "(per seed) | Δrob vs AT, p (per seed) | robust kept (≥ AT − tol) | paper std / OOD / adv |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in dict.fromkeys(o.row for o in outcomes):
+        for rule in RULES:
+            rows = [o for o in outcomes if o.row == row and o.rule == rule]
+            if not rows:
+                continue
+            kept = sum(o.test_versus_at["vs_at_rob"] >= -tolerance for o in rows)
+            paper = PAPER.get(row.split(" ")[0] if row.startswith("sweep") else row)
+            cells = [
+                row,
+                rule,
+                str(len(rows)),
+                ", ".join(f"{o.alpha:.1f}" for o in rows),
+                "; ".join(_interval(o.test, "std_acc") for o in rows),
+                "; ".join(_interval(o.test, "rob_acc") for o in rows),
+                "; ".join(f"{o.test.get('ood_acc', float('nan')):.2f}" for o in rows),
+                "; ".join(
+                    f"{o.test_versus_at['vs_at_std']:+.2f}, p={o.test_versus_at['vs_at_std_p']:.2g}" for o in rows
+                ),
+                "; ".join(
+                    f"{o.test_versus_at['vs_at_rob']:+.2f}, p={o.test_versus_at['vs_at_rob_p']:.2g}" for o in rows
+                ),
+                f"{kept}/{len(rows)}",
+                " / ".join("-" if v is None else f"{v:.2f}" for v in paper) if paper else "",
+            ]
+            print("| " + " | ".join(cells) + " |")
+
+
+def _interval(metrics: dict, name: str) -> str:
+    return f"{metrics[name]:.2f} [{metrics[name + '_low']:.2f}, {metrics[name + '_high']:.2f}]"
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="search_spaces/demo.yaml")
+    parser.add_argument("--val", type=int, default=5000)
+    parser.add_argument("--test", type=int, default=10000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--rows", nargs="+", default=["every-layer", "last", "most", "least", "lowest-2", "lowest-3", "sweep"]
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench/ablation.json"))
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()
