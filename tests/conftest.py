@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import pickle
 import socket
 import sqlite3
@@ -19,6 +20,14 @@ from rift_sweep.core.data import load_splits
 from rift_sweep.core.models import build_model
 
 DIGITS_PGD = PGD(eps=0.1, step_size=0.025, steps=5)
+
+
+def pytest_configure(config):
+    """One Ray auth mode for the whole test process, set before any test module imports Ray. Ray caches the mode per
+    process, so a per-test switch leaves a later cluster's driver and GCS disagreeing (AuthenticationError at
+    start-up). The in-process nodes of ray.cluster_utils carry no token, so the tests go without one; their nodes
+    listen on 127.0.0.1 only."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 def train_small_cnn(splits, epochs: int = 4, seed: int = 0) -> torch.nn.Module:

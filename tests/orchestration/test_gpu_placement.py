@@ -54,11 +54,8 @@ def no_cuda_in_driver(monkeypatch):
 
 
 def test_a_sweep_on_declared_gpus_binds_every_job_to_one_gpu(
-    fake_gpus, no_cuda_in_driver, tmp_path, digits_checkpoint, capsys, monkeypatch
+    fake_gpus, no_cuda_in_driver, tmp_path, digits_checkpoint, capsys
 ):
-    # A driver that finds a cluster by itself uses the token `ray start` keeps in ~/.ray (token auth); the nodes this
-    # test starts in-process have none, so both go without: the lookup is what is tested here.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     search = {"space": SPACE, "num_samples": 4, "max_concurrent": 4, "trials_per_gpu": 2}
     # Small fine-tuning batches: trials last long enough to run side by side.
     path = write_digits_config(
