@@ -38,10 +38,10 @@ def main() -> None:
     aa = autoattack_examples(model, images, eps=config.attack.eps, seed=config.seed)
     aa_s = time.perf_counter() - start
     print(
-        f"{len(images)} images: clean {100 * pgd['clean'].mean():.1f}  PGD-{config.attack.steps} worst-of-"
-        f"{config.attack.test_runs} {100 * pgd['robust'].mean():.1f} ({pgd_s:.1f} s)  AutoAttack {100 * aa.mean():.1f} "
+        f"{len(images)} images: clean {100 * pgd.clean.mean():.1f}  PGD-{config.attack.steps} worst-of-"
+        f"{config.attack.test_runs} {100 * pgd.robust.mean():.1f} ({pgd_s:.1f} s)  AutoAttack {100 * aa.mean():.1f} "
         f"({aa_s:.1f} s, {aa_s / len(images):.2f} s/image)  robust under AutoAttack but not PGD: "
-        f"{int((aa & ~pgd['robust']).sum())}; {args.threads} threads, load average {os.getloadavg()[0]:.1f}"
+        f"{int((aa & ~pgd.robust).sum())}; {args.threads} threads, load average {os.getloadavg()[0]:.1f}"
     )
 
 

@@ -648,8 +648,8 @@ def section_alpha(run: Run) -> None:
             f"α point {sizes.model} {'AMP' if amp else 'fp32'}",
             f"{seconds:.1f} s",
             f"clean + PGD-10 robust accuracy on {count(sizes.alpha_images)} images, {sizes.alpha_images / seconds:.0f} "
-            f"images/s, batch {sizes.alpha_batch}; clean {100 * examples['clean'].mean():.0f} %, robust "
-            f"{100 * examples['robust'].mean():.0f} %; early stop spent "
+            f"images/s, batch {sizes.alpha_batch}; clean {100 * examples.clean.mean():.0f} %, robust "
+            f"{100 * examples.robust.mean():.0f} %; early stop spent "
             f"{cost.gradient_evals / sizes.alpha_images:.1f} gradient passes per image of {STEPS}, labels the "
             f"model's own predictions; {peak_text(device)}"
             + ("" if device.type == "cuda" else "; AMP applies on CUDA only"),

@@ -42,7 +42,7 @@ def stage_seconds(config_path: Path, workers: int, output: Path) -> tuple[float,
     config = load_config(config_path, {"output_dir": str(output)})
     start = time.perf_counter()
     stage = run_mrc_stage(config, workers=workers, progress=False)
-    return time.perf_counter() - start, sum(r["seconds"] for r in stage.rows), len(stage.rows)
+    return time.perf_counter() - start, sum(r.seconds for r in stage.results), len(stage.results)
 
 
 def main() -> None:

@@ -170,22 +170,22 @@ def main() -> None:
                 picked = on_test(within, pick)
                 paper = on_test(paper_runs, choices(paper_runs, at_val, config.alpha.tolerance)[0])
                 front_points = [
-                    (100 * on_test(within, c)["clean"].mean(), 100 * on_test(within, c)["robust"].mean()) for c in front
+                    (100 * on_test(within, c).clean.mean(), 100 * on_test(within, c).robust.mean()) for c in front
                 ]
-                diff = bootstrap_interval(picked["clean"], paper["clean"], n_resamples=2000, seed=0)
+                diff = bootstrap_interval(picked.clean, paper.clean, n_resamples=2000, seed=0)
                 results.append(
                     {
                         **searched,
                         "pick": None
                         if pick is None
                         else {"lr": within[pick[0]]["lr"], "epochs": within[pick[0]]["epochs"], "alpha": pick[1]},
-                        "test_std": 100 * picked["clean"].mean(),
-                        "test_rob": 100 * picked["robust"].mean(),
-                        "test_std_ci": wilson_interval(int(picked["clean"].sum()), len(picked["clean"])),
-                        "test_rob_ci": wilson_interval(int(picked["robust"].sum()), len(picked["robust"])),
-                        "std_minus_paper": 100 * (picked["clean"].mean() - paper["clean"].mean()),
+                        "test_std": 100 * picked.clean.mean(),
+                        "test_rob": 100 * picked.robust.mean(),
+                        "test_std_ci": wilson_interval(int(picked.clean.sum()), len(picked.clean)),
+                        "test_rob_ci": wilson_interval(int(picked.robust.sum()), len(picked.robust)),
+                        "std_minus_paper": 100 * (picked.clean.mean() - paper.clean.mean()),
                         "std_minus_paper_ci": diff,
-                        "rob_minus_paper": 100 * (picked["robust"].mean() - paper["robust"].mean()),
+                        "rob_minus_paper": 100 * (picked.robust.mean() - paper.robust.mean()),
                         "test_hypervolume": hypervolume_2d(front_points),
                     }
                 )
@@ -206,14 +206,14 @@ def main() -> None:
                 "config": args.config,
                 "val": len(exp.splits.val),
                 "test": len(exp.splits.test),
-                "at_test_std": 100 * at_test["clean"].mean(),
-                "at_test_rob": 100 * at_test["robust"].mean(),
+                "at_test_std": 100 * at_test.clean.mean(),
+                "at_test_rob": 100 * at_test.robust.mean(),
                 "results": results,
             },
             indent=1,
         )
     )
-    print_tables(results, 100 * at_test["clean"].mean(), 100 * at_test["robust"].mean())
+    print_tables(results, 100 * at_test.clean.mean(), 100 * at_test.robust.mean())
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"load average {os.getloadavg()[0]:.1f}; validation {len(exp.splits.val)}, test {len(exp.splits.test)}"

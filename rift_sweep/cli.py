@@ -132,22 +132,22 @@ def config_from_args(args: argparse.Namespace, extra: dict | None = None) -> Swe
 
 
 def cmd_train_at(args: argparse.Namespace) -> int:
+    from rift_sweep.core.adversarial_training import ATEpoch
     from rift_sweep.procedure.adversarial import train_at_checkpoint
 
     extra = {"data": {"train_subset": args.train_subset}}
     if args.epochs is not None:
         extra["adversarial_training"] = {"epochs": args.epochs}
 
-    def show(row: dict) -> None:  # as each epoch ends: a long run shows its progress
+    def show(row: ATEpoch) -> None:  # as each epoch ends: a long run shows its progress
         print(
-            f"epoch {row['epoch']:>3}  lr {row['lr']:.4f}  loss {row['train_loss']:.3f}  "
-            f"val std {row['std_acc']:.2f}  val rob {row['rob_acc']:.2f}  {row['seconds']:.0f}s",
+            f"epoch {row.epoch:>3}  lr {row.lr:.4f}  loss {row.train_loss:.3f}  "
+            f"val std {row.std_acc:.2f}  val rob {row.rob_acc:.2f}  {row.seconds:.0f}s",
             flush=True,
         )
 
     result = train_at_checkpoint(config_from_args(args, extra), args.out, on_epoch=show)
-    best = result.history[result.best_epoch - 1]
-    print(f"best epoch {result.best_epoch} (val rob {best['rob_acc']:.2f}) saved to {args.out}")
+    print(f"best epoch {result.best_epoch} (val rob {result.best.rob_acc:.2f}) saved to {args.out}")
     return 0
 
 
@@ -166,13 +166,12 @@ def cmd_mrc(args: argparse.Namespace) -> int:
     from rift_sweep.orchestration.launch import launch_mrc
     from rift_sweep.procedure.tables import format_mrc_table
 
-    stage, chosen, tracker = launch_mrc(
-        config_from_args(args), workers=args.workers, address=args.address, gpus=args.gpus
-    )
-    print(format_mrc_table(stage.rows, chosen))
+    stage, tracker = launch_mrc(config_from_args(args), workers=args.workers, address=args.address, gpus=args.gpus)
+    mrc = stage.mrc
+    print(format_mrc_table(mrc.results, stage.modules))
     print(
-        f"\n{len(stage.computed)} module(s) computed, {len(stage.rows) - len(stage.computed)} from the cache "
-        f"({stage.seconds:.1f} s); table: {stage.table_path}"
+        f"\n{len(mrc.computed)} module(s) computed, {len(mrc.results) - len(mrc.computed)} from the cache "
+        f"({mrc.seconds:.1f} s); table: {mrc.table_path}"
     )
     print(f"MLflow: parent run {tracker.parent_run_id}; {tracker.ui_hint()}")
     return 0
@@ -205,7 +204,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 3
     print(format_front(result.front))
-    print(f"\n{outcome.finished} trials in {outcome.seconds:.0f} s; fine-tuned module(s): {', '.join(outcome.modules)}")
+    print(f"\n{outcome.finished} trials in {outcome.seconds:.0f} s; fine-tuned module(s): {', '.join(result.modules)}")
     print(result.where)
     return 0
 

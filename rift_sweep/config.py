@@ -30,7 +30,7 @@ from rift_sweep.core.finetune import FinetuneSettings
 from rift_sweep.core.models import MODELS
 from rift_sweep.core.mrc import MRCSettings
 from rift_sweep.core.robustbench import robustbench_entry
-from rift_sweep.names import OOD_ACC, RESOLVED_CONFIG
+from rift_sweep.names import OBJECTIVES, OOD_ACC, RESOLVED_CONFIG, ROB_ACC, STD_ACC
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # safe in folder names and MLflow filters
 PATH_FIELDS = (("data", "root"), ("model", "checkpoint"), ("ood", "root"))
@@ -163,7 +163,9 @@ class ModuleChoice:
 
 @dataclass(frozen=True)
 class AlphaConfig:
-    grid: tuple[float, ...] = tuple(i / 10 for i in range(11))  # the α path evaluated per fine-tune
+    # The α values that exist: each fine-tune's path evaluates every one, and a searched α is one of them.
+    grid: tuple[float, ...] = tuple(i / 10 for i in range(11))
+    searched: bool = True  # α is a search dimension over `grid`; false: each trial reports the rule's α of its path
     tolerance: float = 0.1  # accuracy points of robust accuracy the rule may give up (0.1: a tenth of a point)
     screen: float = 0.25  # fraction of validation that first measures each α point's robustness; 1: no screening
     # Which models keep robustness: "paper", validation rob_acc >= AT's - tolerance (point estimates); "paired", the
@@ -182,7 +184,7 @@ class AlphaConfig:
             raise ValueError(f"screen must lie in (0, 1] (1 turns screening off); got {self.screen}")
 
 
-def on_lattice(value: float, low: float, step: float) -> bool:
+def _on_lattice(value: float, low: float, step: float) -> bool:
     """Whether `value` is low + k * step for a whole k (up to float rounding: 0.6 is 0 + 3 * 0.2)."""
     steps = (value - low) / step
     return math.isclose(steps, round(steps), abs_tol=1e-9)
@@ -203,17 +205,17 @@ class Range:
         if self.step is not None:
             if self.log or self.step <= 0:
                 raise ValueError(f"step must be > 0 on a linear range (Optuna has no log lattice); got {self.step}")
-            if not on_lattice(self.high, self.low, self.step):
+            if not _on_lattice(self.high, self.low, self.step):
                 raise ValueError(
                     f"high - low ({self.high - self.low:g}) must be a whole number of steps ({self.step:g})"
                 )
 
-    def lattice(self) -> list[float]:
-        """The values a stepped range allows (low + k * step, as Optuna suggests them)."""
-        return [self.low + k * self.step for k in range(round((self.high - self.low) / self.step) + 1)]
 
-
-SEARCHABLE = ("lr", "epochs", "alpha")
+SEARCHABLE = ("lr", "epochs")  # ranges of search.space; α's values are alpha.grid (alpha.searched)
+ALPHA_IN_SPACE = (
+    "search.space.alpha is gone: the α values are alpha.grid, searched when alpha.searched is true (the default); "
+    "delete search.space.alpha (a finer alpha.grid replaces a step or a continuous range)"
+)
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,6 @@ class SearchConfig:
         default_factory=lambda: {
             "lr": Range(1e-4, 1e-1, log=True),
             "epochs": Range(1, 10),
-            "alpha": Range(0.0, 1.0, step=0.1),  # on the default grid: a trial's α is a point its α path measures
         }
     )
     num_samples: int = 16
@@ -232,19 +233,16 @@ class SearchConfig:
     seed: int = 0
     start_from_paper: bool = True  # the first trial is the paper's (finetune.lr, finetune.epochs): the sweep's
     # results then contain the paper's, and every further trial can only add to them
-    objectives: tuple[Literal["std_acc", "rob_acc", "ood_acc"], ...] = ("std_acc", "rob_acc")
+    objectives: tuple[str, ...] = (STD_ACC, ROB_ACC)  # of names.OBJECTIVES
 
     def __post_init__(self) -> None:
-        if not self.space:
-            raise ValueError(
-                f"space is empty; give at least one of {list(SEARCHABLE)}, e.g. lr: {{low: 1.0e-4, high: 0.1, log: true}}"
-            )
+        if "alpha" in self.space:
+            raise ValueError(ALPHA_IN_SPACE)
         unknown = sorted(set(self.space) - set(SEARCHABLE))
         if unknown:
-            raise ValueError(f"space has unknown parameter(s) {unknown}; searchable: {list(SEARCHABLE)}")
-        alpha = self.space.get("alpha")
-        if alpha is not None and not (0 <= alpha.low and alpha.high <= 1):
-            raise ValueError(f"space.alpha must lie within [0, 1]; got [{alpha.low}, {alpha.high}]")
+            raise ValueError(
+                f"space has unknown parameter(s) {unknown}; searchable: {list(SEARCHABLE)} (α: alpha.grid)"
+            )
         epochs = self.space.get("epochs")
         if epochs is not None and (
             epochs.low < 1 or any(v != int(v) for v in (epochs.low, epochs.high, epochs.step or 1))
@@ -256,9 +254,12 @@ class SearchConfig:
             raise ValueError(f"max_concurrent must be >= 1; got {self.max_concurrent}")
         if self.trials_per_gpu < 1:
             raise ValueError(f"trials_per_gpu must be >= 1 (trials sharing one GPU); got {self.trials_per_gpu}")
-        if len(set(self.objectives)) != len(self.objectives) or not {"std_acc", "rob_acc"} <= set(self.objectives):
+        if len(set(self.objectives)) != len(self.objectives) or not {STD_ACC, ROB_ACC} <= set(self.objectives) <= set(
+            OBJECTIVES
+        ):
             raise ValueError(
-                f"objectives must include std_acc and rob_acc once each (ood_acc optional); got {list(self.objectives)}"
+                f"objectives must include {STD_ACC} and {ROB_ACC} once each ({OOD_ACC} optional; nothing else); got "
+                f"{list(self.objectives)}"
             )
 
 
@@ -320,6 +321,11 @@ class SweepConfig:
                         f"search.space.{name} [{rng.low}, {rng.high}]; widen the space or set "
                         f"search.start_from_paper: false"
                     )
+        if not self.search.space and not self.alpha.searched:
+            raise ValueError(
+                "nothing to search: search.space is empty and alpha.searched is false; give a range, e.g. "
+                "search.space.lr: {low: 1.0e-4, high: 0.1, log: true}, or search α (alpha.searched: true)"
+            )
         if OOD_ACC in self.search.objectives and not self.ood.enabled:
             raise ValueError("search.objectives holds ood_acc but ood.enabled is false: enable ood or drop ood_acc")
 
@@ -334,6 +340,10 @@ def load_config(path: str | Path, overrides: dict | None = None, assignments: li
     path = Path(path)
     raw = read_with_bases(path, ())
     raw = _merge(_merge(raw, overrides or {}), parse_assignments(assignments))
+    search = raw.get("search")
+    space = search.get("space") if isinstance(search, dict) else None
+    if isinstance(space, dict) and "alpha" in space:  # the old form, refused before its range is checked
+        raise ConfigError(f"{path}: {ALPHA_IN_SPACE}")
     raw["source"] = str(path.resolve())
     return _resolve_paths(build(SweepConfig, raw, ""))
 

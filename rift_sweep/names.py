@@ -14,6 +14,16 @@ IMAGES = "images"  # on how many images a model's accuracies were measured
 ROB_IMAGES = "rob_images"  # on how many of them its rob_acc was (fewer: screened)
 INTERVAL_SUFFIXES = ("_low", "_high")  # a 95 % interval beside an accuracy: std_acc_low, std_acc_high
 
+# The searched parameters: Optuna's, Tune's and MLflow's name for each.
+LR, EPOCHS, ALPHA, MODULE = "lr", "epochs", "alpha", "module"
+TRIAL_PARAMS = (MODULE, LR, EPOCHS, ALPHA)
+
+# A trial's interim reports (MLflow metrics, each at its own step) and its process.
+FT_EPOCH = "epoch"  # fine-tuning epochs done
+FT_VAL_ACC = "ft_val_acc"  # validation clean accuracy after that epoch
+ALPHA_POINTS_DONE = "alpha_points_done"  # α points of the path measured so far
+PID = "pid"
+
 # Metric-name prefixes on MLflow runs.
 TEST_PREFIX = "test_"  # a model run's test-split metrics (test_std_acc, test_vs_at_rob_p, ...)
 VERSUS_PREFIX = "vs_at_"  # a model's paired change against the AT model: vs_at_std, vs_at_std_low, vs_at_std_p, ...

@@ -46,10 +46,26 @@ class ATSettings:
 
 
 @dataclass(frozen=True)
+class ATEpoch:
+    """One epoch of adversarial training: its lr and mean training loss, then validation accuracies (%)."""
+
+    epoch: int  # 1-based
+    lr: float
+    train_loss: float
+    std_acc: float
+    rob_acc: float
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ATResult:
     best_state: StateDict
     best_epoch: int  # 1-based
-    history: list[dict[str, float]]  # per epoch: train_loss, val std_acc, val rob_acc, lr, seconds
+    history: list[ATEpoch]
+
+    @property
+    def best(self) -> ATEpoch:
+        return self.history[self.best_epoch - 1]
 
 
 def adversarial_train(
@@ -64,10 +80,10 @@ def adversarial_train(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[ATEpoch], None] | None = None,
 ) -> ATResult:
     """Train `model` (on `device`) on PGD examples; keep the epoch with the best validation robust accuracy.
-    `on_epoch` receives each epoch's row (train_loss, val std_acc, rob_acc, lr, seconds) as soon as it is known."""
+    `on_epoch` receives each epoch as soon as it is measured."""
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -80,18 +96,18 @@ def adversarial_train(
         train_loss = _train_one_epoch(
             model, optimizer, train, settings, attack, augment, crop_padding, generator, device
         )
-        row = {
-            "epoch": epoch + 1,
-            "lr": settings.lr_at(epoch),
-            "train_loss": train_loss,
-            "std_acc": accuracy(model, val, device=device),
-            "rob_acc": robust_accuracy(model, val, attack, device=device, seed=seed),
-            "seconds": time.perf_counter() - start,
-        }
+        row = ATEpoch(
+            epoch=epoch + 1,
+            lr=settings.lr_at(epoch),
+            train_loss=train_loss,
+            std_acc=accuracy(model, val, device=device),
+            rob_acc=robust_accuracy(model, val, attack, device=device, seed=seed),
+            seconds=time.perf_counter() - start,
+        )
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if best_state is None or row["rob_acc"] > history[best_epoch - 1]["rob_acc"]:
+        if best_state is None or row.rob_acc > history[best_epoch - 1].rob_acc:
             best_epoch = epoch + 1
             best_state = cpu_copy(model.state_dict())
     model.load_state_dict(best_state)

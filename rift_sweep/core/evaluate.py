@@ -8,6 +8,7 @@ data.Split (uint8 images, scaled by 1/255 batch by batch), an attacks.Adversaria
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,12 +17,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rift_sweep.core.attacks import PGD, AttackCost, LabelledImages, check_model_device, eval_mode, image_batches
-from rift_sweep.core.statistics import wilson_interval
 
 if TYPE_CHECKING:
     from rift_sweep.core.corruptions import OODSet
 
 Labelled = LabelledImages | tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Correct:
+    """Per-example correctness (bool [N], in the split's order): clean, and against the attack when one ran."""
+
+    clean: np.ndarray
+    robust: np.ndarray | None = None
 
 
 def accuracy(
@@ -129,35 +137,6 @@ def ood_accuracy(
     return sum(per_corruption.values()) / len(per_corruption), per_corruption
 
 
-def evaluate(
-    model: nn.Module,
-    split: Labelled,
-    *,
-    pgd: PGD | None = None,
-    ood: OODSet | None = None,
-    runs: int = 1,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    amp: bool = False,
-    cost: AttackCost | None = None,
-) -> dict[str, float]:
-    """All metrics of one model, in percent: "std_acc" with its Wilson 95 % interval "std_acc_low",
-    "std_acc_high"; "rob_acc" (as `robust_accuracy` counts it), "rob_acc_low", "rob_acc_high" when `pgd` is
-    given; "ood_acc" and "ood/<corruption>" for every corruption type when `ood` is given."""
-    examples = evaluate_examples(
-        model, split, pgd=pgd, runs=runs, batch_size=batch_size, device=device, seed=seed, amp=amp, cost=cost
-    )
-    metrics = with_interval("std_acc", examples["clean"])
-    if pgd is not None:
-        metrics.update(with_interval("rob_acc", examples["robust"]))
-    if ood is not None:
-        mean, per_corruption = ood_accuracy(model, ood, batch_size=batch_size, device=device)
-        metrics["ood_acc"] = mean
-        metrics.update({f"ood/{name}": acc for name, acc in per_corruption.items()})
-    return metrics
-
-
 def evaluate_examples(
     model: nn.Module,
     split: Labelled,
@@ -170,12 +149,12 @@ def evaluate_examples(
     amp: bool = False,
     cost: AttackCost | None = None,
     among: Tensor | None = None,
-) -> dict[str, np.ndarray]:
-    """Per-example correctness, in the split's order, for intervals and paired tests (see core.statistics):
-    "clean", bool [N], the clean prediction is right; "robust", bool [N] when `pgd` is given, the example
-    withstands the attack as `robust_examples` counts it (same arguments, same result; False outside `among`)."""
+) -> Correct:
+    """Per-example correctness, in the split's order, for intervals and paired tests (see core.statistics): robust
+    only when `pgd` is given, as `robust_examples` counts it (same arguments, same result; False outside `among`)."""
     x, y = _images_and_labels(split)
-    examples = {"clean": _clean_correct(model, x, y, batch_size=batch_size, device=device).numpy()}
+    clean = _clean_correct(model, x, y, batch_size=batch_size, device=device).numpy()
+    robust = None
     if pgd is not None:
         robust = robust_examples(
             model,
@@ -188,9 +167,8 @@ def evaluate_examples(
             amp=amp,
             cost=cost,
             among=among,
-        )
-        examples["robust"] = robust.numpy()
-    return examples
+        ).numpy()
+    return Correct(clean, robust)
 
 
 def _clean_correct(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int, device: torch.device | str) -> Tensor:
@@ -206,12 +184,6 @@ def _mask(among: Tensor, n: int) -> Tensor:
     if among.dtype != torch.bool or among.shape != (n,):
         raise ValueError(f"among must be a bool mask [{n}] over the split, got {among.dtype} {tuple(among.shape)}")
     return among.cpu()
-
-
-def with_interval(name: str, correct: np.ndarray) -> dict[str, float]:
-    """{name: accuracy %, name_low, name_high: its Wilson 95 % interval}, from per-example correctness."""
-    low, high = wilson_interval(int(correct.sum()), len(correct))
-    return {name: _percent(correct), f"{name}_low": low, f"{name}_high": high}
 
 
 def _percent(correct: Tensor | np.ndarray) -> float:

@@ -43,7 +43,8 @@ def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
 def hypervolume_2d(
     points: Sequence[Sequence[float]] | np.ndarray, reference: tuple[float, float] = (0.0, 0.0)
 ) -> float:
-    """Area dominated by 2-D points (both maximised) and bounded below by `reference`."""
+    """Area dominated by 2-D points (both maximised) and bounded below by `reference`. For bench/sweep.py's comparison
+    of samplers; the sweep itself does not use it."""
     pts = np.asarray(points, dtype=float).reshape(-1, 2)
     pts = pts[(pts[:, 0] > reference[0]) & (pts[:, 1] > reference[1])]
     if len(pts) == 0:

@@ -68,7 +68,8 @@ def bootstrap_interval(
     the paired difference in accuracy points, accuracy(values) − accuracy(other): both arrays are resampled
     with the same example indices, so the interval accounts for the two models being tested on the same
     images. A custom `statistic(values[, other], axis)` must reduce along `axis` (scipy's vectorised form).
-    Seeded: the same arguments give the same interval. Uses scipy.stats.bootstrap(method="percentile").
+    Seeded: the same arguments give the same interval. Uses scipy.stats.bootstrap(method="percentile"). For bench/
+    (sweep.py); the sweep's own intervals are Wilson (`wilson_interval`) and paired (`paired_gain_interval`).
     """
     samples = (np.asarray(values, dtype=float),) if other is None else _paired(values, other, float)
     if len(samples[0]) < 1:

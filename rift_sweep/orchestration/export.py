@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from rift_sweep import names
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.data import dataset_info
 from rift_sweep.core.errors import InputError
@@ -28,7 +29,7 @@ from rift_sweep.core.models import load_state_dict_file
 from rift_sweep.orchestration.front import model_of
 from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.procedure.experiment import model_normalization, probe_input
-from rift_sweep.procedure.records import Model
+from rift_sweep.procedure.records import NO_FINETUNE, Model
 from rift_sweep.procedure.tables import describe_model
 
 
@@ -124,10 +125,8 @@ def _provenance(config: SweepConfig, tracker: SweepTracker, model: Model, out: P
         "model": describe_model(model),
         "mlflow_run_id": model.run_id,
         "trial_id": ft.trial_id if ft else None,
-        "module": ft.module if ft else None,
-        "lr": ft.lr if ft else None,
-        "epochs": ft.epochs if ft else None,
-        "alpha": model.alpha,
+        **(ft.params() if ft else NO_FINETUNE),
+        names.ALPHA: model.alpha,
         "input_checkpoint": config.model.checkpoint,
         "input_checkpoint_sha256": file_sha256(config.model.checkpoint),
         "architecture": dataclasses.asdict(config.model),

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
+from rift_sweep import names
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.data import dataset_info
 from rift_sweep.core.errors import InputError
@@ -31,7 +32,7 @@ from rift_sweep.procedure.experiment import Experiment, load_at_model, load_expe
 from rift_sweep.procedure.finetune_cache import load_at, load_finetune, save_at, spec_state
 from rift_sweep.procedure.front_html import write_front_html
 from rift_sweep.procedure.plots import front_chart
-from rift_sweep.procedure.records import AT_KEY, AlphaPoint, Examples, Front, Model, Trial
+from rift_sweep.procedure.records import AT_KEY, NO_FINETUNE, AlphaPoint, Examples, Front, Model, Trial
 from rift_sweep.procedure.steps import rule_pick
 from rift_sweep.procedure.tables import front_markdown
 
@@ -189,17 +190,15 @@ def model_table(front: Front) -> pa.Table:
             {
                 "model": m.key,
                 "trial_id": ft.trial_id if ft else None,
-                "module": ft.module if ft else None,
-                "lr": ft.lr if ft else None,
-                "epochs": ft.epochs if ft else None,
-                "alpha": m.alpha,
+                **(ft.params() if ft else NO_FINETUNE),
+                names.ALPHA: m.alpha,
                 "on_front": m.key in front.on_front,
-                "recommended": front.recommended is not None and m.key == front.recommended.key,
+                names.RECOMMENDED_TAG: front.recommended is not None and m.key == front.recommended.key,
                 "screened": m.val.screened,
                 **m.val.metrics(),
                 **(m.val_versus_at.metrics() if m.val_versus_at else {}),
-                **(m.test.metrics("test_") if m.test else {}),
-                **(m.test_versus_at.metrics("test_") if m.test_versus_at else {}),
+                **(m.test.metrics(names.TEST_PREFIX) if m.test else {}),
+                **(m.test_versus_at.metrics(names.TEST_PREFIX) if m.test_versus_at else {}),
                 "run_id": m.run_id,
             }
         )
@@ -215,5 +214,4 @@ def _log_front_artifacts(tracker: SweepTracker, front: Front) -> None:
         table = model_table(front)
         pq.write_table(table, folder / "models.parquet")
         pyarrow.csv.write_csv(table, folder / "models.csv")
-        for name in ("front.png", "front.html", "front.md", "models.parquet", "models.csv"):
-            tracker.client.log_artifact(tracker.parent_run_id, str(folder / name))
+        tracker.log_artifacts(sorted(folder.iterdir()))

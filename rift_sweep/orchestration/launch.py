@@ -16,21 +16,23 @@ from dataclasses import dataclass
 
 import ray
 
+from rift_sweep import names
 from rift_sweep.config import SweepConfig, save_resolved_config
 from rift_sweep.core.errors import InputError
 from rift_sweep.orchestration.front import publish_front
-from rift_sweep.orchestration.mrc_pool import MRCStage, run_mrc_stage
-from rift_sweep.orchestration.preflight import check_devices, check_ray_address, check_sweep
+from rift_sweep.orchestration.mrc_pool import StageOne, run_stage_one
+from rift_sweep.orchestration.preflight import check_devices, check_sweep
 from rift_sweep.orchestration.resources import gpus_requested, init_ray, quiet_dependencies
 from rift_sweep.orchestration.sweep import SweepOutcome, run_sweep
 from rift_sweep.orchestration.tracking import SweepTracker, user_code_file
+from rift_sweep.procedure.experiment import Experiment
 from rift_sweep.procedure.records import Front
-from rift_sweep.procedure.steps import choose_modules
 
 
 @dataclass
 class SweepResult:
     config: SweepConfig
+    modules: list[str]  # the module(s) fine-tuned
     outcome: SweepOutcome
     front: Front | None  # None when the sweep stopped before every trial finished
     where: str  # where to look: artifacts, the UI
@@ -48,50 +50,61 @@ def launch_sweep(
     verbose: bool = False,
 ) -> SweepResult:
     """`num_samples`: the --num-samples the user gave (already in `config`); on --resume it may only grow."""
-    folder, exp = check_sweep(config, resume=resume, address=address)
-    if folder.exists:
-        config = _resumable(folder.config, config, num_samples)
+    config, exp = _checked(config, resume=resume, num_samples=num_samples, address=address)
     quiet_dependencies(verbose)
     with on_cluster(config, address=address, gpus=gpus, verbose=verbose, progress=progress):
-        save_resolved_config(config)
-        tracker = SweepTracker(config)
-        tracker.client.update_run(tracker.parent_run_id, "RUNNING")
-        status = "FAILED"
-        try:
-            with _sigterm_as_interrupt():
-                outcome = run_sweep(config, tracker, workers=workers, progress=progress, verbose=verbose, exp=exp)
-                front = publish_front(config, tracker, exp) if outcome.complete else None
-            status = "FINISHED" if front is not None else "KILLED"
-            return SweepResult(config, outcome, front, tracker.where())
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            tracker.finish_parent(status)
+        with _parent_run(config) as (tracker, ending):
+            stage = run_stage_one(config, tracker, exp, workers=workers, progress=progress)
+            outcome = run_sweep(config, tracker, stage, progress=progress, verbose=verbose)
+            front = publish_front(config, tracker, exp) if outcome.complete else None
+            ending.status = "FINISHED" if front is not None else "KILLED"
+            return SweepResult(config, stage.modules, outcome, front, tracker.where())
 
 
 def launch_mrc(
     config: SweepConfig, *, workers: int | None = None, address: str | None = None, gpus: int | None = None
-) -> tuple[MRCStage, list[str], SweepTracker]:
-    """Stage 1 alone: the MRC table (cached, resumable) and the module(s) it chooses, logged on the parent run."""
-    from rift_sweep.orchestration.preflight import check_stage_one_folder, check_tracking
-    from rift_sweep.procedure.experiment import check_module_choice, load_experiment
-
-    folder = check_stage_one_folder(config)
-    if folder.exists:
-        config = _resumable(folder.config, config, None)
-    check_tracking(config)
-    check_ray_address(address)
-    check_module_choice(config)
-    exp = load_experiment(config, device="cpu", check=True)
+) -> tuple[StageOne, SweepTracker]:
+    """Stage 1 alone, as a sweep runs it (the folder is the sweep's: `rift-sweep sweep` carries on from here)."""
+    resume = (config.output_path / names.RESOLVED_CONFIG).is_file()  # stage 1 again on its own folder: from its cache
+    config, exp = _checked(config, resume=resume, num_samples=None, address=address)
     with on_cluster(config, address=address, gpus=gpus, verbose=False, progress=True):
-        save_resolved_config(config)  # the folder is this sweep's: `rift-sweep sweep` carries on from here
-        stage = run_mrc_stage(config, workers=workers, exp=exp)
-    chosen = choose_modules([r["module"] for r in stage.rows], config.modules)
+        with _parent_run(config) as (tracker, _):  # FINISHED when stage 1 is: a sweep marks it RUNNING again
+            return run_stage_one(config, tracker, exp, workers=workers), tracker
+
+
+def _checked(
+    config: SweepConfig, *, resume: bool, num_samples: int | None, address: str | None
+) -> tuple[SweepConfig, Experiment]:
+    """Every check before Ray is joined (preflight.check_sweep); the folder's own config when it holds the sweep."""
+    folder, exp = check_sweep(config, resume=resume, address=address)
+    return (_resumable(folder.config, config, num_samples) if folder.exists else config), exp
+
+
+@dataclass
+class _Ending:
+    status: str = "FINISHED"
+
+
+@contextmanager
+def _parent_run(config: SweepConfig) -> Iterator[tuple[SweepTracker, _Ending]]:
+    """The resolved config written, the sweep's MLflow run RUNNING; it ends FINISHED (or the status the body sets),
+    FAILED or KILLED on every exit path (an exception, Ctrl-C, SIGTERM): only a hard kill leaves it RUNNING, and the
+    next --resume carries on from there."""
+    save_resolved_config(config)
     tracker = SweepTracker(config)
-    tracker.log_mrc(stage.rows, chosen, stage.table_path)
-    tracker.finish_parent("FINISHED")  # stage 1 is done; a sweep marks its run RUNNING again
-    return stage, chosen, tracker
+    tracker.start_parent()
+    ending = _Ending()
+    try:
+        with _sigterm_as_interrupt():
+            yield tracker, ending
+    except KeyboardInterrupt:
+        ending.status = "KILLED"
+        raise
+    except BaseException:
+        ending.status = "FAILED"
+        raise
+    finally:
+        tracker.finish_parent(ending.status)
 
 
 @contextmanager

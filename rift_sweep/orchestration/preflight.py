@@ -69,11 +69,6 @@ def check_output_folder(config: SweepConfig, *, resume: bool) -> FolderState:
     return FolderState(False, None)
 
 
-def check_stage_one_folder(config: SweepConfig) -> FolderState:
-    """`rift-sweep mrc`: a new or empty folder, or this sweep's own (a rerun scores only the modules missing)."""
-    return check_output_folder(config, resume=(config.output_path / names.RESOLVED_CONFIG).is_file())
-
-
 def check_tracking(config: SweepConfig) -> None:
     """The scheme is one MLflow knows, and a server answers within a few seconds (polled: right after `ray up`
     the head's server may still be starting)."""

@@ -20,8 +20,9 @@ from mlflow.tracking import MlflowClient
 from rift_sweep import names
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.files import file_sha256
+from rift_sweep.core.mrc import MRCResult
 from rift_sweep.orchestration.ui_view import RUN_COLOR_TAG, run_color, view_tag, view_url
-from rift_sweep.procedure.records import FineTune, Front, Model, Scores, Trial, Versus
+from rift_sweep.procedure.records import FineTune, Front, Model, Scores, Trial, TrialReport, Versus
 from rift_sweep.procedure.tables import describe_model
 
 
@@ -97,6 +98,20 @@ class SweepTracker:
         if resolved.is_file():
             self.client.log_artifact(run_id, str(resolved), "config")
 
+    def start_parent(self) -> None:
+        """The sweep's run RUNNING again (a resumed or carried-on sweep)."""
+        self.client.update_run(self.parent_run_id, "RUNNING")
+
+    def log_artifacts(self, files: list[Path]) -> None:
+        for file in files:
+            self.client.log_artifact(self.parent_run_id, str(file))
+
+    def close_orphaned_runs(self) -> int:
+        return close_orphaned_runs(self.client, self.experiment_id, self.parent_run_id)
+
+    def trial_runs(self) -> TrialRuns:
+        return TrialRuns(self.uri, self.experiment_id, self.parent_run_id, self.config.seed)
+
     def where(self) -> str:
         """Where a finished sweep's results are: the front's artifacts and the UI."""
         artifacts = self.client.get_run(self.parent_run_id).info.artifact_uri
@@ -111,17 +126,17 @@ class SweepTracker:
             return "the front: {}\n  its table: {}".format(*self.view_urls(self.uri.rstrip("/") + "/"))
         return f"rift-sweep ui --sweep {self.config.name} --output {self.config.output_path}"
 
-    def log_mrc(self, rows: list[dict], chosen: list[str], table_path: Path) -> None:
+    def log_mrc(self, results: list[MRCResult], chosen: list[str], table_path: Path) -> None:
         """The MRC table (Parquet), the bar chart, and the chosen module(s) on the parent run."""
         from rift_sweep.procedure.plots import mrc_bar_chart  # matplotlib: only where a picture is drawn
 
         run_id = self.parent_run_id
         self.client.log_artifact(run_id, str(table_path), "mrc")
         with tempfile.TemporaryDirectory() as tmp:
-            chart = mrc_bar_chart(rows, chosen, Path(tmp) / "mrc.png")
+            chart = mrc_bar_chart(results, chosen, Path(tmp) / "mrc.png")
             self.client.log_artifact(run_id, str(chart), "mrc")
             ranked = Path(tmp) / "mrc_ranked.json"
-            ranked.write_text(json.dumps(rows, indent=1))
+            ranked.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
             self.client.log_artifact(run_id, str(ranked), "mrc")
         self.client.set_tag(run_id, names.MODULE_TAG, ",".join(chosen))
         self.client.set_tag(run_id, names.MRC_TABLE_TAG, table_path.name)
@@ -216,9 +231,7 @@ class SweepTracker:
         ft = model.finetune
         if ft is not None:
             tags.update({names.TRIAL_TAG: ft.trial_id, names.FINETUNE_KEY_TAG: ft.key})
-        params = {"alpha": model.alpha}
-        if ft is not None and not model.is_at:
-            params.update({"module": ft.module, "lr": ft.lr, "epochs": ft.epochs})
+        params = {names.ALPHA: model.alpha, **(ft.params() if ft is not None and not model.is_at else {})}
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         self.log_metrics(run_id, _model_metrics(model, ""))
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -284,6 +297,86 @@ class SweepTracker:
         self.client.set_terminated(self.parent_run_id, status=status)
 
 
+class TrialRuns:
+    """One MLflow run per Tune trial, under the sweep's run, found by its tag (not an in-memory map): a resumed sweep,
+    even after a hard kill, reuses the run instead of duplicating it. Pickles without its client (Tune keeps it in its
+    experiment state, in the callback that writes through it)."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, seed: int) -> None:
+        self.uri, self.experiment_id, self.parent_run_id, self.seed = uri, experiment_id, parent_run_id, seed
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def run_id(self, trial_id: str) -> str:
+        if trial_id not in self._runs:
+            query = tag_filter(**{names.PARENT_TAG: self.parent_run_id, names.TRIAL_TAG: trial_id})
+            found = self.client.search_runs([self.experiment_id], query, max_results=1)
+            tags = {names.PARENT_TAG: self.parent_run_id, names.TRIAL_TAG: trial_id, names.KIND_TAG: names.KIND_TRIAL}
+            run = (
+                found[0]
+                if found
+                else self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags=tags)
+            )
+            self._runs[trial_id] = run.info.run_id
+        return self._runs[trial_id]
+
+    def finished(self, trial_id: str) -> bool:
+        """A hard kill can land after a trial's run was closed but before Tune saved that: Tune then runs the trial
+        again. Its run keeps the first result; the re-run logs nothing twice."""
+        return self.client.get_run(self.run_id(trial_id)).info.status == "FINISHED"
+
+    def start(self, trial_id: str, params: dict[str, object]) -> None:
+        """The trial's run RUNNING, with its sampled parameters (and the seed) where not logged yet."""
+        run_id = self.run_id(trial_id)
+        self.client.update_run(run_id, status="RUNNING")
+        self._log_new_params(run_id, {**params, "seed": self.seed})
+
+    def progress(self, trial_id: str, pid: int | None, steps: dict[str, tuple[float, int]]) -> None:
+        """An interim report: the trial's process, and metrics each at its own step ({name: (value, step)})."""
+        run_id = self.run_id(trial_id)
+        if pid is not None:  # which process runs the trial: for debugging, and to find it from outside
+            self.client.set_tag(run_id, names.PID_TAG, str(pid))
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(value), now, int(step)) for k, (value, step) in steps.items()]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def finish(self, trial_id: str, report: TrialReport) -> None:
+        """The trial's own α, its scores and cost, the fine-tune it used; the run FINISHED (read back: trials())."""
+        run_id, ft = self.run_id(trial_id), report.finetune
+        now = int(time.time() * 1000)
+        flat = {**report.scores.metrics(), **dataclasses.asdict(report.cost)}
+        metrics = [Metric(k, float(v), now, 0) for k, v in flat.items()]
+        for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
+        self._log_new_params(run_id, {**ft.params(), names.ALPHA: report.alpha})
+        tags = [RunTag(names.FINETUNE_KEY_TAG, ft.key), RunTag(names.FINETUNE_REUSED_TAG, str(report.reused))]
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, trial_id: str) -> None:
+        self.client.set_terminated(self.run_id(trial_id), "FAILED")
+
+    def close_orphans(self) -> int:
+        """Finished trials closed their runs; what is still RUNNING was paused or lost (KILLED). A resumed trial finds
+        its run by tag and marks it RUNNING again."""
+        return close_orphaned_runs(self.client, self.experiment_id, self.parent_run_id)
+
+    def _log_new_params(self, run_id: str, params: dict[str, object]) -> None:
+        """MLflow refuses a param logged again with another value: a resumed trial keeps the first."""
+        existing = self.client.get_run(run_id).data.params
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items() if k not in existing])
+
+
 def user_code_file(config: SweepConfig) -> Path | None:
     """The file of a `model.target` that names one (FILE.py:Name), else None."""
     target = config.model.target
@@ -301,32 +394,34 @@ def _model_metrics(model: Model, split: str | None = None) -> dict[str, float]:
     return flat
 
 
-def _trial_of(run) -> Trial:
-    """A trial run as its record: the fine-tune it used (its parameters) and its own α."""
+def _finetune_of(run) -> FineTune | None:
+    """The fine-tune a trial or model run names (its tags and params); None for the AT model's run. The one place
+    MLflow's string params become numbers again."""
     params, tags = run.data.params, run.data.tags
-    trial_id = tags[names.TRIAL_TAG]
-    finetune = FineTune(
-        tags[names.FINETUNE_KEY_TAG], params["module"], float(params["lr"]), int(params["epochs"]), trial_id
+    if names.FINETUNE_KEY_TAG not in tags:
+        return None
+    return FineTune(
+        tags[names.FINETUNE_KEY_TAG],
+        params[names.MODULE],
+        float(params[names.LR]),
+        int(params[names.EPOCHS]),
+        tags[names.TRIAL_TAG],
     )
-    reused = tags.get(names.FINETUNE_REUSED_TAG) == "True"
-    return Trial(trial_id, run.info.run_id, finetune, float(params["alpha"]), reused)
+
+
+def _trial_of(run) -> Trial:
+    """A trial run as its record (the inverse of TrialRuns.finish): the fine-tune it used and its own α."""
+    reused = run.data.tags.get(names.FINETUNE_REUSED_TAG) == "True"
+    alpha = float(run.data.params[names.ALPHA])
+    return Trial(run.data.tags[names.TRIAL_TAG], run.info.run_id, _finetune_of(run), alpha, reused)
 
 
 def _model_of(run) -> Model:
     """A model run as its record (the inverse of SweepTracker._new_model_run and _describe_model_run)."""
-    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    finetune = None
-    if names.FINETUNE_KEY_TAG in tags:
-        finetune = FineTune(
-            tags[names.FINETUNE_KEY_TAG],
-            params["module"],
-            float(params["lr"]),
-            int(params["epochs"]),
-            tags[names.TRIAL_TAG],
-        )
+    metrics = run.data.metrics
     return Model(
-        finetune,
-        float(params["alpha"]),
+        _finetune_of(run),
+        float(run.data.params[names.ALPHA]),
         Scores.from_metrics(metrics),
         Versus.from_metrics(metrics),
         Scores.from_metrics(metrics, names.TEST_PREFIX),

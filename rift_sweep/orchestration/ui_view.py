@@ -107,7 +107,7 @@ def _state(metric_keys: list[str], sweep_run_id: str | None) -> dict:
         search += f" AND tags.`{names.SWEEP_RUN_TAG}` = '{sweep_run_id}'"
     columns = (
         [_column("metrics", name) for name in _ACCURACY_COLUMNS]
-        + [_column("params", name) for name in ("lr", "epochs", "alpha", "module")]
+        + [_column("params", name) for name in names.TRIAL_PARAMS]
         + [_column("tags", name) for name in (names.PARETO_TAG, names.RECOMMENDED_TAG)]
     )
     scatter = {

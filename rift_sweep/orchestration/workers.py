@@ -12,7 +12,6 @@ workers never read the dataset or generate corruptions themselves.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.attacks import AdversarialSet
 from rift_sweep.core.evaluate import loss_and_accuracy
-from rift_sweep.core.mrc import module_robust_criticality
+from rift_sweep.core.mrc import MRCResult, module_robust_criticality
 from rift_sweep.orchestration.devices import bind_worker, gpu_job
 from rift_sweep.orchestration.resources import WorkerShape
 from rift_sweep.procedure.experiment import Experiment, ExperimentData
@@ -39,6 +38,15 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # per job; worker deaths beyond this abort the stage
 REPLACEMENT_WAIT_S = 30.0  # how long to wait for resources when every worker has died
 STARTUP_WAIT_S = 600.0  # how long to wait, with no job running, for a worker to start (a GPU node booting)
+
+
+@dataclass(frozen=True)
+class ScoredOn:
+    """Where a module's MRC was computed (kept beside it in the MRC table, to debug a cluster)."""
+
+    node: str
+    actor: str
+    pid: int
 
 
 @ray.remote(max_restarts=0)
@@ -69,7 +77,7 @@ class DeviceWorker:
             device=self.exp.device,
         )
 
-    def score(self, module: str) -> dict:
+    def score(self, module: str) -> tuple[MRCResult, ScoredOn]:
         """MRC of one module (after `use_adversarial_set`), with where it ran."""
         config = self.exp.config
         with gpu_job(f"mrc {module}"):
@@ -82,7 +90,7 @@ class DeviceWorker:
                 seed=config.seed,
                 baseline=self.baseline,
             )
-        return {**dataclasses.asdict(result), "node": self.node, "actor": self.actor, "pid": os.getpid()}
+        return result, ScoredOn(self.node, self.actor, os.getpid())
 
     def examples(
         self, spec: tuple[str, float] | None, split: str, chunk: int, chunks: int

@@ -9,15 +9,13 @@ from pathlib import Path
 import torch
 
 from rift_sweep.config import SweepConfig
-from rift_sweep.core.adversarial_training import ATResult, adversarial_train
+from rift_sweep.core.adversarial_training import ATEpoch, ATResult, adversarial_train
 from rift_sweep.core.files import check_writable
 from rift_sweep.core.models import on_device, save_checkpoint
 from rift_sweep.procedure.experiment import build_architecture, load_data, resolve_device, split_identity
 
 
-def train_at_checkpoint(
-    config: SweepConfig, out: Path, on_epoch: Callable[[dict[str, float]], None] | None = None
-) -> ATResult:
+def train_at_checkpoint(config: SweepConfig, out: Path, on_epoch: Callable[[ATEpoch], None] | None = None) -> ATResult:
     """Train, keep the epoch with the best validation robust accuracy, write it to `out` (checked first). The initial
     weights come from `config.seed` too, so a run is repeatable. `on_epoch`: see adversarial_train."""
     check_writable(out)
@@ -38,7 +36,7 @@ def train_at_checkpoint(
         device=device,
         on_epoch=on_epoch,
     )
-    best = result.history[result.best_epoch - 1]
+    best = result.best
     attack = config.attack
     save_checkpoint(
         out,
@@ -47,8 +45,8 @@ def train_at_checkpoint(
         model=config.model.label,
         epochs=config.adversarial_training.epochs,
         best_epoch=result.best_epoch,
-        val_std_acc=best["std_acc"],
-        val_rob_acc=best["rob_acc"],
+        val_std_acc=best.std_acc,
+        val_rob_acc=best.rob_acc,
         attack={"eps": attack.eps, "step_size": attack.step_size, "steps": attack.steps},
         train_examples=len(splits.train),
         seconds=round(time.perf_counter() - start, 1),

@@ -185,7 +185,7 @@ class Experiment:
             among=among,
         )
         measured = None if among is None else torch.as_tensor(among).cpu().numpy()
-        return Examples(found["clean"], found["robust"], measured)
+        return Examples(found.clean, found.robust, measured)
 
     def autoattack(self, state: StateDict, split_name: str = "test") -> np.ndarray:
         """Per-example robustness of `state` under AutoAttack (standard, ℓ∞ attack.eps): see core.autoattack."""

@@ -10,13 +10,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rift_sweep.core.mrc import MRCResult  # noqa: E402
 from rift_sweep.procedure.records import Front, Model, Versus  # noqa: E402
 
 
-def mrc_bar_chart(rows: Sequence[dict], chosen: Sequence[str], path: Path) -> Path:
+def mrc_bar_chart(results: Sequence[MRCResult], chosen: Sequence[str], path: Path) -> Path:
     """Bars of MRC per module (log scale, lowest first), the module(s) chosen for fine-tuning highlighted."""
-    names = [r["module"] for r in rows]
-    values = [max(r["mrc"], 1e-6) for r in rows]  # log scale: an MRC of 0 is drawn at the floor
+    names = [r.module for r in results]
+    values = [max(r.mrc, 1e-6) for r in results]  # log scale: an MRC of 0 is drawn at the floor
     colors = ["tab:orange" if n in chosen else "tab:blue" for n in names]
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4.5))
     ax.bar(range(len(names)), values, color=colors)

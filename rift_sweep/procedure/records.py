@@ -6,7 +6,7 @@ MLflow's metric names, the cache's tensors) is written and read only here and in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -14,7 +14,11 @@ import torch
 from rift_sweep.core.statistics import mcnemar, paired_gain_interval, wilson_interval
 from rift_sweep.names import (
     AA_ACC,
+    ALPHA,
+    EPOCHS,
     IMAGES,
+    LR,
+    MODULE,
     OOD_ACC,
     OOD_PER_CORRUPTION_PREFIX,
     ROB_ACC,
@@ -233,6 +237,13 @@ class FineTune:
     epochs: int
     trial_id: str
 
+    def params(self) -> dict[str, object]:
+        """How it was made, under the searched parameters' names (MLflow params, table columns)."""
+        return {MODULE: self.module, LR: self.lr, EPOCHS: self.epochs}
+
+
+NO_FINETUNE = dict.fromkeys((MODULE, LR, EPOCHS))  # FineTune.params() of the AT model's row
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -245,6 +256,61 @@ class Trial:
     alpha: float
     reused: bool  # the fine-tune came from the cache (another trial made it)
 
+
+@dataclass(frozen=True)
+class TrialCost:
+    """What one trial spent: its run's metrics, named as the fields."""
+
+    finetune_seconds: float  # 0 when the fine-tune was reused
+    eval_seconds: float
+    trial_seconds: float
+    alpha_points_evaluated: int  # α points this trial measured itself
+    best_epoch: int  # the fine-tune's epoch kept (best validation clean accuracy)
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """A trial's result, as Tune carries it to the searcher and to MLflow: the fine-tune it used, its own α with its
+    scores on all of validation, and the fine-tune's α path (every point reaches the searcher's study)."""
+
+    finetune: FineTune
+    alpha: float
+    scores: Scores
+    path: tuple[tuple[float, Scores], ...]
+    reused: bool  # the fine-tune came from the cache
+    cost: TrialCost
+
+    def result(self) -> dict:
+        """Tune's flat form: the objectives at the top, where Tune and the searcher read them."""
+        ft = self.finetune
+        return {
+            **self.scores.metrics(),
+            **asdict(self.cost),
+            **ft.params(),
+            ALPHA: self.alpha,
+            _FINETUNE_KEY: ft.key,
+            _TRIAL_ID: ft.trial_id,
+            _REUSED: self.reused,
+            _PATH: [{ALPHA: alpha, **scores.metrics()} for alpha, scores in self.path],
+        }
+
+    @classmethod
+    def from_result(cls, result: Mapping) -> TrialReport | None:
+        """The record back from Tune's result; None for an interim report (a fine-tuning epoch, an α point)."""
+        if _PATH not in result:
+            return None
+        ft = FineTune(result[_FINETUNE_KEY], result[MODULE], result[LR], result[EPOCHS], result[_TRIAL_ID])
+        return cls(
+            finetune=ft,
+            alpha=result[ALPHA],
+            scores=Scores.from_metrics(result),
+            path=tuple((row[ALPHA], Scores.from_metrics(row)) for row in result[_PATH]),
+            reused=result[_REUSED],
+            cost=TrialCost(**{f.name: result[f.name] for f in fields(TrialCost)}),
+        )
+
+
+_FINETUNE_KEY, _TRIAL_ID, _REUSED, _PATH = "finetune_key", "trial_id", "finetune_reused", "alpha_path"
 
 AT_KEY = "at"  # the AT model's key among a sweep's models
 

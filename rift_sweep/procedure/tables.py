@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
+from rift_sweep.core.mrc import MRCResult
 from rift_sweep.procedure.paper import RiftReport
 from rift_sweep.procedure.records import Accuracy, Change, Front, Model, Scores, Versus
 
@@ -17,24 +17,24 @@ def describe_at(at_val: Scores) -> str:
     )
 
 
-def format_mrc_table(rows: Sequence[dict], chosen: Sequence[str] = ()) -> str:
+def format_mrc_table(results: Sequence[MRCResult], chosen: Sequence[str] = ()) -> str:
     """MRC per module, lowest first, the chosen module(s) marked."""
     lines = [
         "Module Robust Criticality (validation adversarial set; lowest first)",
         f"{'module':<28}{'params':>10}{'MRC':>10}{'rob drop':>10}{'|Δ|/|θ|':>9}{'s':>7}",
     ]
-    for r in rows:
-        mark = "  <- fine-tuned" if r["module"] in chosen else ""
+    for r in results:
+        mark = "  <- fine-tuned" if r.module in chosen else ""
         lines.append(
-            f"{r['module']:<28}{r['num_params']:>10,}{r['mrc']:>10.4f}{r['rob_acc_drop']:>9.2f}%"
-            f"{r['relative_norm']:>9.3f}{r['seconds']:>7.1f}{mark}"
+            f"{r.module:<28}{r.num_params:>10,}{r.mrc:>10.4f}{r.rob_acc_drop:>9.2f}%"
+            f"{r.relative_norm:>9.3f}{r.seconds:>7.1f}{mark}"
         )
     return "\n".join(lines)
 
 
 def format_report(report: RiftReport) -> str:
     """The tables the `rift` command prints: MRC per module, the α path, the choice, AT vs RiFT on test."""
-    lines = [format_mrc_table([dataclasses.asdict(r) for r in report.mrc], [report.module])]
+    lines = [format_mrc_table(report.mrc, [report.module])]
     ft = report.finetune
     lines += [
         "",

@@ -17,8 +17,8 @@ def test_autoattack_breaks_at_least_what_pgd_breaks(digits, fresh_digits_model):
     robust = autoattack_examples(model, images, eps=0.1, batch_size=12)
     pgd = evaluate_examples(model, images, pgd=PGD(eps=0.1, step_size=0.025, steps=5))
     assert robust.dtype == np.bool_ and robust.shape == (24,)
-    assert not (robust & ~pgd["clean"]).any()  # misclassified clean: never robust
-    assert 0 < robust.sum() <= pgd["robust"].sum()  # the standard ensemble is at least as strong as PGD-5
+    assert not (robust & ~pgd.clean).any()  # misclassified clean: never robust
+    assert 0 < robust.sum() <= pgd.robust.sum()  # the standard ensemble is at least as strong as PGD-5
     # the weights stayed out of it: no gradient computed for them (FAB back-propagates), none left behind
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 

@@ -231,12 +231,12 @@ def test_clean_and_robust_examples_on_the_device_match_the_cpu(digits3, test3, d
     model = placed(digits3, device)
     found = evaluate_examples(model, test3, pgd=ATTACK, batch_size=100, device=device, seed=2, amp=amp)
     on_cpu = evaluate_examples(digits3, test3, pgd=ATTACK, batch_size=100, seed=2)
-    assert int((found["clean"] != on_cpu["clean"]).sum()) <= (1 if is_cuda(device) else 0)
+    assert int((found.clean != on_cpu.clean).sum()) <= (1 if is_cuda(device) else 0)
     # bf16 autocast (amp, CUDA only: ignored elsewhere) moves the attack's iterates a little: a few more flips
     flips = (3 + 3 * amp) if is_cuda(device) else 1
-    assert int((found["robust"] != on_cpu["robust"]).sum()) <= flips
-    assert not (found["robust"] & ~found["clean"]).any()
-    assert 0 < found["robust"].sum() < found["clean"].sum()
+    assert int((found.robust != on_cpu.robust).sum()) <= flips
+    assert not (found.robust & ~found.clean).any()
+    assert 0 < found.robust.sum() < found.clean.sum()
 
 
 # --- AutoAttack -----------------------------------------------------------------------------------------------
@@ -252,8 +252,8 @@ def test_autoattack_on_the_device_breaks_at_least_what_pgd_breaks(digits3, test3
     model = placed(digits3, device)
     robust = autoattack_examples(model, images, eps=0.1, batch_size=4, device=device)
     pgd = evaluate_examples(model, images, pgd=ATTACK, device=device)
-    assert pgd["robust"].any()  # else the comparison below holds trivially
+    assert pgd.robust.any()  # else the comparison below holds trivially
     assert robust.dtype == np.bool_ and robust.shape == (4,)
-    assert not (robust & ~pgd["clean"]).any()  # misclassified clean: never robust
-    assert robust.sum() <= pgd["robust"].sum()  # the standard ensemble is at least as strong as PGD-5
+    assert not (robust & ~pgd.clean).any()  # misclassified clean: never robust
+    assert robust.sum() <= pgd.robust.sum()  # the standard ensemble is at least as strong as PGD-5
     assert next(model.parameters()).device.type == torch.device(device).type  # the model stays where it was

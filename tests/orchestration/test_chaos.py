@@ -12,6 +12,7 @@ from contextlib import closing
 
 import pytest
 
+from rift_sweep import names
 from rift_sweep.config import load_config
 from rift_sweep.core.selection import pareto_mask
 from rift_sweep.names import KIND_TAG, MODEL_KEY_TAG, PARETO_TAG, SWEEP_RUN_TAG, TRIAL_TAG
@@ -61,13 +62,13 @@ def stage_one_half_done(config):
 
 
 def mid_finetune(config):
-    started = {run for run, value in latest(config, "epoch") if value >= 1}
-    return started - {run for run, _ in latest(config, "alpha_points_done")}
+    started = {run for run, value in latest(config, names.FT_EPOCH) if value >= 1}
+    return started - {run for run, _ in latest(config, names.ALPHA_POINTS_DONE)}
 
 
 def during_alpha_path(config):
     """A trial with some of its α points done (each is kept in the fine-tune cache before it is reported)."""
-    return [run for run, value in latest(config, "alpha_points_done") if 1 <= value < len(GRID) - 1]
+    return [run for run, value in latest(config, names.ALPHA_POINTS_DONE) if 1 <= value < len(GRID) - 1]
 
 
 def test_sigkill_at_any_moment_then_resume_reaches_the_end_state(tmp_path, digits_checkpoint):
@@ -75,7 +76,7 @@ def test_sigkill_at_any_moment_then_resume_reaches_the_end_state(tmp_path, digit
         tmp_path,
         digits_checkpoint,
         search={
-            "space": {"lr": {"low": 0.001, "high": 0.1, "log": True}, "alpha": {"low": 0.0, "high": 1.0}},
+            "space": {"lr": {"low": 0.001, "high": 0.1, "log": True}},
             "num_samples": NUM_SAMPLES,
             "max_concurrent": 1,
         },

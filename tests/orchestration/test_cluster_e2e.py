@@ -47,8 +47,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 SPACE = {
     "lr": {"low": 0.001, "high": 0.1, "log": True},
     "epochs": {"low": 1, "high": 2},
-    "alpha": {"low": 0.0, "high": 1.0},
-}
+}  # α: searched among alpha.grid
 
 
 @dataclasses.dataclass

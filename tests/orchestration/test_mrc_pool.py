@@ -5,12 +5,14 @@ import signal
 import threading
 import time
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import ray
 
 from rift_sweep.core.errors import InputError
-from rift_sweep.orchestration.mrc_pool import read_table, run_mrc_stage, write_table
+from rift_sweep.orchestration.mrc_pool import read_table, run_mrc_stage
 from rift_sweep.orchestration.resources import gpus_requested, worker_shape
 from rift_sweep.procedure.experiment import load_experiment
 from rift_sweep.procedure.steps import score_modules
@@ -31,22 +33,23 @@ def test_pool_matches_single_process_and_resume_computes_only_missing(local_ray,
     config = digits_config()
     stage = run_mrc_stage(config, workers=2, progress=False)
     single = {
-        r.module: r for r in score_modules(load_experiment(config), [r["module"] for r in stage.rows], progress=False)
+        r.module: r for r in score_modules(load_experiment(config), [r.module for r in stage.results], progress=False)
     }
-    assert len(stage.rows) == len(single) == len(stage.computed) == 5
-    for row in stage.rows:
-        assert row["mrc"] == pytest.approx(single[row["module"]].mrc, rel=1e-4, abs=1e-6)
-        assert row["relative_norm"] == pytest.approx(single[row["module"]].relative_norm, rel=1e-4, abs=1e-6)
-    assert [r["mrc"] for r in stage.rows] == sorted(r["mrc"] for r in stage.rows)
+    assert len(stage.results) == len(single) == len(stage.computed) == 5
+    for result in stage.results:
+        assert result.mrc == pytest.approx(single[result.module].mrc, rel=1e-4, abs=1e-6)
+        assert result.relative_norm == pytest.approx(single[result.module].relative_norm, rel=1e-4, abs=1e-6)
+    assert [r.mrc for r in stage.results] == sorted(r.mrc for r in stage.results)
+    assert {r.module: r for r in read_table(stage.table_path)} == {r.module: r for r in stage.results}  # as returned
     assert pq.read_table(stage.table_path).num_rows == 5
 
     assert run_mrc_stage(config, workers=2, progress=False).computed == []  # all cached: nothing recomputed
 
-    kept = [r for r in read_table(stage.table_path) if r["module"] not in ("conv2", "fc1")]
-    write_table(stage.table_path, kept)  # as if interrupted after three modules
+    table = pq.read_table(stage.table_path)  # as if interrupted after three modules:
+    pq.write_table(table.filter(pc.invert(pc.is_in(table["module"], pa.array(["conv2", "fc1"])))), stage.table_path)
     resumed = run_mrc_stage(config, workers=2, progress=False)
     assert sorted(resumed.computed) == ["conv2", "fc1"]
-    assert {r["module"] for r in resumed.rows} == {r["module"] for r in stage.rows}
+    assert {r.module for r in resumed.results} == {r.module for r in stage.results}
 
     changed = digits_config(mrc={"epsilon": 0.05})  # other inputs: another key, nothing reused
     assert len(run_mrc_stage(changed, workers=2, progress=False).computed) == 5
@@ -80,7 +83,7 @@ def _wait_for_first_row(config, timeout=240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for path in path_glob.glob("*.parquet"):
-            rows = read_table(path)
+            rows = pq.read_table(path).to_pylist()  # with where each module ran
             if rows:
                 return rows[0]
         time.sleep(0.2)
@@ -95,8 +98,8 @@ def test_killing_an_actor_mid_module_still_scores_every_module(local_ray, digits
     thread.join(timeout=600)
     assert "error" not in box, box.get("error")
     stage = box["stage"]
-    assert len(stage.rows) == 5 and stage.retries >= 1
-    assert {r["module"] for r in stage.rows} == {"conv1", "conv2", "conv3", "fc1", "fc2"}
+    assert len(stage.results) == 5 and stage.retries >= 1
+    assert {r.module for r in stage.results} == {"conv1", "conv2", "conv3", "fc1", "fc2"}
 
 
 def test_one_actor_per_gpu_and_a_node_leaving_mid_stage(gpu_cluster, digits_config):
@@ -111,8 +114,10 @@ def test_one_actor_per_gpu_and_a_node_leaving_mid_stage(gpu_cluster, digits_conf
     thread.join(timeout=600)
     assert "error" not in box, box.get("error")
     stage = box["stage"]
-    assert {r["module"] for r in stage.rows} == {"conv1", "conv2", "conv3", "fc1", "fc2"}
-    assert len({r["node"] for r in stage.rows}) == 2  # both GPU nodes worked, one actor each
+    assert {r.module for r in stage.results} == {"conv1", "conv2", "conv3", "fc1", "fc2"}
+    assert (
+        len({r["node"] for r in pq.read_table(stage.table_path).to_pylist()}) == 2
+    )  # both GPU nodes worked, one actor each
     assert stage.retries >= 1
 
 

@@ -29,8 +29,7 @@ NUM_SAMPLES = 4
 SPACE = {
     "lr": {"low": 0.001, "high": 0.1, "log": True},
     "epochs": {"low": 3, "high": 4},
-    "alpha": {"low": 0.0, "high": 1.0},
-}
+}  # α: searched among alpha.grid
 
 
 def test_sweep_survives_losing_a_gpu_node_mid_trial(gpu_cluster, fake_gpus, tmp_path, digits_checkpoint):

@@ -23,8 +23,10 @@ from rift_sweep.names import (
     SWEEP_TAG,
     TRIAL_TAG,
 )
+from rift_sweep.orchestration.mrc_pool import run_stage_one
 from rift_sweep.orchestration.sweep import run_sweep
 from rift_sweep.orchestration.tracking import SweepTracker
+from rift_sweep.procedure.experiment import load_experiment
 
 from conftest import assert_in_study, free_port, optuna_study, trial_runs, wait_for, write_digits_config
 
@@ -33,8 +35,7 @@ pytestmark = pytest.mark.slow
 SPACE = {
     "lr": {"low": 0.001, "high": 0.1, "log": True},
     "epochs": {"low": 1, "high": 3},
-    "alpha": {"low": 0.0, "high": 1.0, "step": 0.5},  # on the digits config's α grid (continuous: other tests)
-}
+}  # α: searched among the digits config's alpha.grid
 
 
 def sweep_config(folder, checkpoint, *, num_samples=4, max_concurrent=2, space=SPACE, **overrides):
@@ -178,8 +179,8 @@ def test_cached_finetunes_are_reused_over_a_real_mlflow_server(tmp_path, digits_
     try:
         uri = f"http://127.0.0.1:{port}"
         wait_for(lambda: urllib.request.urlopen(f"{uri}/health").status == 200, timeout=90)
-        only_alpha = {"alpha": {"low": 0.0, "high": 1.0}}  # lr and epochs fixed: one fine-tune serves all
-        path = sweep_config(tmp_path, digits_checkpoint, num_samples=3, max_concurrent=1, space=only_alpha)
+        # only α searched: lr and epochs fixed, so one fine-tune serves all
+        path = sweep_config(tmp_path, digits_checkpoint, num_samples=3, max_concurrent=1, space={})
         assert cli.main(["sweep", "--config", str(path), "--tracking-uri", uri]) == 0
         tracker = SweepTracker(load_config(path, {"tracking": {"uri": uri}}))
         runs = trial_runs(tracker, "FINISHED")
@@ -192,7 +193,7 @@ def test_cached_finetunes_are_reused_over_a_real_mlflow_server(tmp_path, digits_
 
 
 def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path, digits_checkpoint, ray_shutdown):
-    slow = {"lr": {"low": 0.001, "high": 0.01, "log": True}, "alpha": {"low": 0.0, "high": 1.0}}
+    slow = {"lr": {"low": 0.001, "high": 0.01, "log": True}}
     path = sweep_config(
         tmp_path,
         digits_checkpoint,
@@ -205,7 +206,12 @@ def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path,
     ray.init(num_cpus=2, include_dashboard=False)
     box = {}
     tracker = SweepTracker(config)
-    thread = threading.Thread(target=lambda: box.update(outcome=run_sweep(config, tracker, progress=False)))
+
+    def sweep() -> None:
+        stage = run_stage_one(config, tracker, load_experiment(config, device="cpu"), progress=False)
+        box.update(outcome=run_sweep(config, tracker, stage, progress=False))
+
+    thread = threading.Thread(target=sweep)
     thread.start()
     run = wait_for(lambda: _running_with_epoch(tracker), timeout=300)
     killed = int(run.data.tags[PID_TAG])
@@ -223,9 +229,9 @@ def test_a_trial_killed_mid_finetune_resumes_from_its_epoch_checkpoint(tmp_path,
     "override,message",
     [
         ({"search": {"sampler": "grid"}}, "search.sampler must be one of"),
-        ({"search": {"space": {}}}, "space is empty"),
+        ({"search": {"space": {}}, "alpha": {"searched": False}}, "nothing to search"),
         ({"search": {"space": {"lr": {"low": 0.1, "high": 0.01}}}}, "low \\(0.1\\) must be < high"),
-        ({"search": {"space": {"alpha": {"low": -0.5, "high": 1.0}}}}, "alpha must lie within"),
+        ({"search": {"space": {"alpha": {"low": 0.0, "high": 1.0, "step": 0.3}}}}, "search.space.alpha is gone"),
         ({"modules": {"choice": "named", "name": "layer2.1.conv2"}}, "not a candidate module of small_cnn"),
         ({"search": {"num_samples": 0}}, "num_samples must be >= 1"),
     ],

@@ -44,9 +44,9 @@ def test_the_experiment_on_the_device_evaluates_validation_as_the_cpu_model_does
     )
     found = exp.examples(exp.at_state, "val")
     on_cuda = torch.device(device).type == "cuda"
-    assert int((found.clean != reference["clean"]).sum()) <= (1 if on_cuda else 0)
-    assert int((found.robust != reference["robust"]).sum()) <= flips_allowed(device, amp)
-    assert 0 < reference["robust"].sum() < reference["clean"].sum()  # the comparison means something
+    assert int((found.clean != reference.clean).sum()) <= (1 if on_cuda else 0)
+    assert int((found.robust != reference.robust).sum()) <= flips_allowed(device, amp)
+    assert 0 < reference.robust.sum() < reference.clean.sum()  # the comparison means something
     # Two calls on CUDA may differ by a flip (cuDNN's backward passes need not sum in the same order).
     one_example = 100 / len(val) if on_cuda else 0.0
     assert scores.std.value == pytest.approx(100 * found.clean.mean(), abs=one_example + 1e-9)
