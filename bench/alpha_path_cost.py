@@ -23,8 +23,8 @@ import time
 import torch
 
 from rift_sweep.config import load_config
-from rift_sweep.core.attacks import AttackCost, image_batches
 from rift_sweep.core.interpolate import interpolate_state
+from rift_sweep.core.robustness.attacks import AttackCost, image_batches
 from rift_sweep.core.selection import pareto_mask
 from rift_sweep.procedure.experiment import experiment_modules, load_experiment
 from rift_sweep.procedure.paper import at_point

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD
-from rift_sweep.core.models import _identity_normalize, build_model, on_device
+from rift_sweep.core.models.architectures import _identity_normalize, build_model, on_device
+from rift_sweep.core.robustness.attacks import PGD
 
 MEAN, STD = (0.2860,), (0.3530,)
 

@@ -15,9 +15,9 @@ import time
 import torch
 
 from rift_sweep.config import load_config
-from rift_sweep.core.autoattack import autoattack_examples
-from rift_sweep.core.data import Split
-from rift_sweep.core.evaluate import evaluate_examples
+from rift_sweep.core.data.datasets import Split
+from rift_sweep.core.robustness.autoattack import autoattack_examples
+from rift_sweep.core.robustness.evaluate import evaluate_examples
 from rift_sweep.procedure.experiment import load_experiment
 
 

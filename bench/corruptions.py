@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from rift_sweep.core.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generate_c
-from rift_sweep.core.data import Split
+from rift_sweep.core.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generate_c
+from rift_sweep.core.data.datasets import Split
 
 
 def sample_images(n: int, size: int) -> torch.Tensor:

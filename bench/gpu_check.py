@@ -51,13 +51,13 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from rift_sweep.core.attacks import PGD, AdversarialSet, AttackCost, amp_dtype_for, image_batches
-from rift_sweep.core.data import Split
+from rift_sweep.core.data.datasets import Split
 from rift_sweep.core.devices import cuda_report
-from rift_sweep.core.evaluate import evaluate_examples, loss_and_accuracy
 from rift_sweep.core.finetune import FinetuneSettings, finetune_module
-from rift_sweep.core.models import build_model, on_device
+from rift_sweep.core.models.architectures import build_model, on_device
 from rift_sweep.core.mrc import MRCSettings, candidate_modules, get_module, module_robust_criticality
+from rift_sweep.core.robustness.attacks import PGD, AdversarialSet, AttackCost, amp_dtype_for, image_batches
+from rift_sweep.core.robustness.evaluate import evaluate_examples, loss_and_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / "bench" / "wheels"  # carried pure-Python wheels (torchattacks, pyautoattack); never committed
@@ -231,7 +231,7 @@ def peak_text(device: torch.device) -> str:
 
 
 def model_on(name: str, device: torch.device, channels_last: bool = True) -> nn.Module:
-    """A random-init CIFAR model in eval mode, placed as the project places models (core.models.on_device)."""
+    """A random-init CIFAR model in eval mode, placed as the project places models (core.models.architectures.on_device)."""
     torch.manual_seed(0)
     model = build_model(name, num_classes=NUM_CLASSES, in_channels=3, mean=CIFAR_MEAN, std=CIFAR_STD)
     return (on_device(model, device) if channels_last else model.to(device)).eval()

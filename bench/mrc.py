@@ -17,9 +17,9 @@ import time
 import torch
 
 from rift_sweep.config import load_config
-from rift_sweep.core.attacks import AdversarialSet
-from rift_sweep.core.models import build_model
+from rift_sweep.core.models.architectures import build_model
 from rift_sweep.core.mrc import MRCSettings, candidate_modules, module_robust_criticality
+from rift_sweep.core.robustness.attacks import AdversarialSet
 from rift_sweep.procedure.experiment import load_experiment
 
 

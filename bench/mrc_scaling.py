@@ -19,7 +19,8 @@ import ray
 import yaml
 
 from rift_sweep.config import load_config
-from rift_sweep.core.models import build_model, save_checkpoint
+from rift_sweep.core.models.architectures import build_model
+from rift_sweep.core.models.checkpoints import save_checkpoint
 from rift_sweep.orchestration.mrc_pool import run_mrc_stage
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,10 +1,10 @@
-"""PGD-10 throughput: rift_sweep.core.attacks.PGD against torchattacks.PGD on the same model and batch.
+"""PGD-10 throughput: rift_sweep.core.robustness.attacks.PGD against torchattacks.PGD on the same model and batch.
 
     .venv/bin/python bench/pgd.py [--repeats 3] [--device cpu|cuda] [--models resnet18 small_cnn] [--threads N]
 
 Prints a markdown table of images/s (median of the repeats, after a warm-up) and the ratio
 ours / torchattacks, then the machine. Settings: ℓ∞ eps 8/255, step 2/255, 10 steps, random start.
-Each model runs contiguous and channels-last (the layout core.models.on_device puts every model in), with the
+Each model runs contiguous and channels-last (the layout core.models.architectures.on_device puts every model in), with the
 ratio of the two printed last; on CUDA also AMP, and AMP with channels_last (torchattacks then runs under the same
 autocast).
 The CPU run takes about 2–3 minutes on 2 cores, most of it in ResNet-18.
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torchattacks
 
-from rift_sweep.core.attacks import PGD
-from rift_sweep.core.models import build_model
+from rift_sweep.core.models.architectures import build_model
+from rift_sweep.core.robustness.attacks import PGD
 
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 10
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
@@ -149,7 +149,7 @@ def main() -> None:
                 f"| {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |",
                 flush=True,
             )
-    for name in args.models:  # what core.models.on_device's channels-last layout buys our attack
+    for name in args.models:  # what core.models.architectures.on_device's channels-last layout buys our attack
         ratio = ours_by[name, "fp32 + channels_last"] / ours_by[name, "fp32"]
         print(f"\n{name}: ours channels_last / contiguous (fp32) = {ratio:.2f}")
     print(f"\nPGD-10, eps {EPS:.4f}, step {STEP:.4f}, random start. Machine: {machine(device)}")

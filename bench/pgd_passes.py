@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD, AttackCost, image_batches
-from rift_sweep.core.data import DataSplits, Split, iterate_batches, load_splits
-from rift_sweep.core.evaluate import accuracy, robust_examples
-from rift_sweep.core.models import build_model
-from rift_sweep.core.statistics import mcnemar, wilson_interval
+from rift_sweep.core.data.datasets import DataSplits, Split, iterate_batches, load_splits
+from rift_sweep.core.models.architectures import build_model
+from rift_sweep.core.robustness.attacks import PGD, AttackCost, image_batches
+from rift_sweep.core.robustness.evaluate import accuracy, robust_examples
+from rift_sweep.core.robustness.statistics import mcnemar, wilson_interval
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 EPS, STEP, STEPS, BATCH = 8 / 255, 2 / 255, 10, 250

@@ -31,10 +31,10 @@ import optuna
 import torch
 
 from rift_sweep.config import load_config
-from rift_sweep.core.evaluate import evaluate_examples
 from rift_sweep.core.interpolate import interpolate_state
+from rift_sweep.core.robustness.evaluate import evaluate_examples
+from rift_sweep.core.robustness.statistics import bootstrap_interval, wilson_interval
 from rift_sweep.core.selection import hypervolume_2d, paper_rule, pareto_mask
-from rift_sweep.core.statistics import bootstrap_interval, wilson_interval
 from rift_sweep.orchestration.sweep import make_sampler, paper_point, search_space
 from rift_sweep.procedure.experiment import experiment_modules, load_experiment
 from rift_sweep.procedure.paper import at_point

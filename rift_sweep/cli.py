@@ -152,9 +152,9 @@ def cmd_train_at(args: argparse.Namespace) -> int:
 
 
 def cmd_rift(args: argparse.Namespace) -> int:
+    from rift_sweep.presentation.tables import describe_at, format_report
     from rift_sweep.procedure.experiment import load_experiment
     from rift_sweep.procedure.paper import run_paper_procedure
-    from rift_sweep.procedure.tables import describe_at, format_report
 
     exp = load_experiment(config_from_args(args), check=True)
     report = run_paper_procedure(exp, on_at_val=lambda at: print(describe_at(at), flush=True))
@@ -164,7 +164,7 @@ def cmd_rift(args: argparse.Namespace) -> int:
 
 def cmd_mrc(args: argparse.Namespace) -> int:
     from rift_sweep.orchestration.launch import launch_mrc
-    from rift_sweep.procedure.tables import format_mrc_table
+    from rift_sweep.presentation.tables import format_mrc_table
 
     stage, tracker = launch_mrc(config_from_args(args), workers=args.workers, address=args.address, gpus=args.gpus)
     mrc = stage.mrc
@@ -179,7 +179,7 @@ def cmd_mrc(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rift_sweep.orchestration.launch import launch_sweep
-    from rift_sweep.procedure.tables import format_front
+    from rift_sweep.presentation.tables import format_front
 
     extra = {}
     if args.num_samples is not None:
@@ -212,7 +212,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """What the sweep published, read from its store: no Ray, no evaluation."""
     from rift_sweep.orchestration.tracking import SweepTracker
-    from rift_sweep.procedure.tables import format_front
+    from rift_sweep.presentation.tables import format_front
 
     config = sweep_config(args)
     tracker = SweepTracker(config, create=False)
@@ -229,7 +229,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from rift_sweep.orchestration.export import export_model
-    from rift_sweep.procedure.tables import describe_model
+    from rift_sweep.presentation.tables import describe_model
 
     done = export_model(
         sweep_config(args), out=args.out.resolve(), trial_id=args.trial, alpha=args.alpha, register=args.register

@@ -22,14 +22,14 @@ from typing import Literal
 import yaml
 
 from rift_sweep.core.adversarial_training import ATSettings
-from rift_sweep.core.attacks import PGD
-from rift_sweep.core.autoattack import autoattack_available
-from rift_sweep.core.data import DATASETS
+from rift_sweep.core.data.datasets import DATASETS
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.finetune import FinetuneSettings
-from rift_sweep.core.models import MODELS
+from rift_sweep.core.models.architectures import MODELS
+from rift_sweep.core.models.robustbench import robustbench_entry
 from rift_sweep.core.mrc import MRCSettings
-from rift_sweep.core.robustbench import robustbench_entry
+from rift_sweep.core.robustness.attacks import PGD
+from rift_sweep.core.robustness.autoattack import autoattack_available
 from rift_sweep.names import OBJECTIVES, OOD_ACC, RESOLVED_CONFIG, ROB_ACC, STD_ACC
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # safe in folder names and MLflow filters

@@ -3,7 +3,7 @@
 A leaf module: it imports nothing, so the command line can read a filter string without loading torch or Ray.
 """
 
-# Metrics of one model on one split (core.evaluate returns these keys).
+# Metrics of one model on one split (core.robustness.evaluate returns these keys).
 STD_ACC = "std_acc"
 ROB_ACC = "rob_acc"
 OOD_ACC = "ood_acc"

@@ -15,9 +15,9 @@ from contextlib import closing, contextmanager
 import pytest
 import torch
 
-from rift_sweep.core.attacks import PGD
-from rift_sweep.core.data import load_splits
-from rift_sweep.core.models import build_model
+from rift_sweep.core.data.datasets import load_splits
+from rift_sweep.core.models.architectures import build_model
+from rift_sweep.core.robustness.attacks import PGD
 
 DIGITS_PGD = PGD(eps=0.1, step_size=0.025, steps=5)
 
@@ -90,7 +90,7 @@ DIGITS_CONFIG = {
 
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory, digits_model):
-    from rift_sweep.core.models import save_checkpoint
+    from rift_sweep.core.models.checkpoints import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "digits_small_cnn.pt"
     save_checkpoint(path, digits_model, split={"dataset": "digits", "val_size": 300, "split_seed": 0})

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rift_sweep.core.attacks import PGD
-from rift_sweep.core.data import Split, iterate_batches
-from rift_sweep.core.evaluate import accuracy, robust_accuracy
-from rift_sweep.core.models import StateDict, cpu_copy
+from rift_sweep.core.data.datasets import Split, iterate_batches
+from rift_sweep.core.models.checkpoints import StateDict, cpu_copy
+from rift_sweep.core.robustness.attacks import PGD
+from rift_sweep.core.robustness.evaluate import accuracy, robust_accuracy
 
 
 @dataclass(frozen=True)

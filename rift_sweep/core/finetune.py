@@ -18,10 +18,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rift_sweep.core.data import Split, iterate_batches
-from rift_sweep.core.evaluate import accuracy
-from rift_sweep.core.models import StateDict, cpu_copy, only_trainable
+from rift_sweep.core.data.datasets import Split, iterate_batches
+from rift_sweep.core.models.architectures import only_trainable
+from rift_sweep.core.models.checkpoints import StateDict, cpu_copy
 from rift_sweep.core.mrc import get_module
+from rift_sweep.core.robustness.evaluate import accuracy
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rift_sweep.core.models import StateDict
+from rift_sweep.core.models.checkpoints import StateDict
 
 
 def check_alpha(alpha: float) -> float:

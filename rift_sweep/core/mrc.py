@@ -18,10 +18,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rift_sweep.core.attacks import AdversarialSet, eval_mode
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.evaluate import loss_and_accuracy
-from rift_sweep.core.models import only_trainable
+from rift_sweep.core.models.architectures import only_trainable
+from rift_sweep.core.robustness.attacks import AdversarialSet, eval_mode
+from rift_sweep.core.robustness.evaluate import loss_and_accuracy
 
 #: Module types whose weights are candidates: every convolution and linear layer (BatchNorm excluded).
 CANDIDATE_TYPES = (nn.Conv2d, nn.Linear)

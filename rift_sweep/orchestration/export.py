@@ -22,15 +22,15 @@ import torch
 
 from rift_sweep import names
 from rift_sweep.config import SweepConfig
-from rift_sweep.core.data import dataset_info
+from rift_sweep.core.data.datasets import dataset_info
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.files import atomic_write, check_writable, file_sha256
-from rift_sweep.core.models import load_state_dict_file
+from rift_sweep.core.models.checkpoints import load_state_dict_file
 from rift_sweep.orchestration.front import model_of
 from rift_sweep.orchestration.tracking import SweepTracker
+from rift_sweep.presentation.tables import describe_model
 from rift_sweep.procedure.experiment import model_normalization, probe_input
 from rift_sweep.procedure.records import NO_FINETUNE, Model
-from rift_sweep.procedure.tables import describe_model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,19 +22,19 @@ import torch
 
 from rift_sweep import names
 from rift_sweep.config import SweepConfig
-from rift_sweep.core.data import dataset_info
+from rift_sweep.core.data.datasets import dataset_info
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.selection import pareto_mask
 from rift_sweep.orchestration.resources import worker_shape
 from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.orchestration.workers import WorkerPool
+from rift_sweep.presentation.front_html import write_front_html
+from rift_sweep.presentation.plots import front_chart
+from rift_sweep.presentation.tables import front_markdown
 from rift_sweep.procedure.experiment import Experiment, load_at_model, load_experiment
 from rift_sweep.procedure.finetune_cache import load_at, load_finetune, save_at, spec_state
-from rift_sweep.procedure.front_html import write_front_html
-from rift_sweep.procedure.plots import front_chart
 from rift_sweep.procedure.records import AT_KEY, NO_FINETUNE, AlphaPoint, Examples, Front, Model, Trial
 from rift_sweep.procedure.steps import rule_pick
-from rift_sweep.procedure.tables import front_markdown
 
 AUTOATTACK = "autoattack"  # model_examples' job of a model's AutoAttack run
 

@@ -33,6 +33,7 @@ from rift_sweep.orchestration.front import stage_at
 from rift_sweep.orchestration.resources import worker_shape
 from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.orchestration.workers import ScoredOn, Shipped, WorkerPool
+from rift_sweep.presentation.tables import describe_at
 from rift_sweep.procedure.experiment import (
     Experiment,
     cache_dir,
@@ -43,7 +44,6 @@ from rift_sweep.procedure.experiment import (
 )
 from rift_sweep.procedure.records import AlphaPoint
 from rift_sweep.procedure.steps import choose_modules
-from rift_sweep.procedure.tables import describe_at
 
 log = logging.getLogger(__name__)
 ADVERSARIAL_SET = "adversarial set"  # the pool job that builds it

@@ -22,8 +22,8 @@ from rift_sweep.config import SweepConfig
 from rift_sweep.core.files import file_sha256
 from rift_sweep.core.mrc import MRCResult
 from rift_sweep.orchestration.ui_view import RUN_COLOR_TAG, run_color, view_tag, view_url
+from rift_sweep.presentation.tables import describe_model
 from rift_sweep.procedure.records import FineTune, Front, Model, Scores, Trial, TrialReport, Versus
-from rift_sweep.procedure.tables import describe_model
 
 
 def tracking_uri(config: SweepConfig) -> str:
@@ -128,7 +128,7 @@ class SweepTracker:
 
     def log_mrc(self, results: list[MRCResult], chosen: list[str], table_path: Path) -> None:
         """The MRC table (Parquet), the bar chart, and the chosen module(s) on the parent run."""
-        from rift_sweep.procedure.plots import mrc_bar_chart  # matplotlib: only where a picture is drawn
+        from rift_sweep.presentation.plots import mrc_bar_chart  # matplotlib: only where a picture is drawn
 
         run_id = self.parent_run_id
         self.client.log_artifact(run_id, str(table_path), "mrc")

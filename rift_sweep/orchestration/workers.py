@@ -25,9 +25,9 @@ import torch
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rift_sweep.config import SweepConfig
-from rift_sweep.core.attacks import AdversarialSet
-from rift_sweep.core.evaluate import loss_and_accuracy
 from rift_sweep.core.mrc import MRCResult, module_robust_criticality
+from rift_sweep.core.robustness.attacks import AdversarialSet
+from rift_sweep.core.robustness.evaluate import loss_and_accuracy
 from rift_sweep.orchestration.devices import bind_worker, gpu_job
 from rift_sweep.orchestration.resources import WorkerShape
 from rift_sweep.procedure.experiment import Experiment, ExperimentData

@@ -11,7 +11,8 @@ import torch
 from rift_sweep.config import SweepConfig
 from rift_sweep.core.adversarial_training import ATEpoch, ATResult, adversarial_train
 from rift_sweep.core.files import check_writable
-from rift_sweep.core.models import on_device, save_checkpoint
+from rift_sweep.core.models.architectures import on_device
+from rift_sweep.core.models.checkpoints import save_checkpoint
 from rift_sweep.procedure.experiment import build_architecture, load_data, resolve_device, split_identity
 
 

@@ -19,11 +19,8 @@ from torch import nn
 
 from rift_sweep import names
 from rift_sweep.config import SweepConfig
-from rift_sweep.core.attacks import AdversarialSet, AttackCost, attack_split
-from rift_sweep.core.autoattack import autoattack_examples
-from rift_sweep.core.corruptions import OODSet, load_ood
-from rift_sweep.core.custom import build_custom, check_logits, normalization_of
-from rift_sweep.core.data import (
+from rift_sweep.core.data.corruptions import OODSet, load_ood
+from rift_sweep.core.data.datasets import (
     DatasetInfo,
     DataSplits,
     Split,
@@ -33,11 +30,15 @@ from rift_sweep.core.data import (
     to_unit,
 )
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.evaluate import accuracy, evaluate_examples, ood_accuracy, robust_accuracy
 from rift_sweep.core.files import file_sha256
-from rift_sweep.core.models import StateDict, build_model, cpu_copy, load_weights, on_device, read_checkpoint_meta
+from rift_sweep.core.models.architectures import build_model, on_device
+from rift_sweep.core.models.checkpoints import StateDict, cpu_copy, load_weights, read_checkpoint_meta
+from rift_sweep.core.models.custom import build_custom, check_logits, normalization_of
+from rift_sweep.core.models.robustbench import build_robustbench, robustbench_entry
 from rift_sweep.core.mrc import CANDIDATE_TYPES, candidate_modules, executed_modules
-from rift_sweep.core.robustbench import build_robustbench, robustbench_entry
+from rift_sweep.core.robustness.attacks import AdversarialSet, AttackCost, attack_split
+from rift_sweep.core.robustness.autoattack import autoattack_examples
+from rift_sweep.core.robustness.evaluate import accuracy, evaluate_examples, ood_accuracy, robust_accuracy
 from rift_sweep.procedure.records import Examples, Scores
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class Experiment:
         return Examples(found.clean, found.robust, measured)
 
     def autoattack(self, state: StateDict, split_name: str = "test") -> np.ndarray:
-        """Per-example robustness of `state` under AutoAttack (standard, ℓ∞ attack.eps): see core.autoattack."""
+        """Per-example robustness of `state` under AutoAttack (standard, ℓ∞ attack.eps): see core.robustness.autoattack."""
         return autoattack_examples(
             self.load_state(state),
             getattr(self.splits, split_name),

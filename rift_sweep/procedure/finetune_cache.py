@@ -20,7 +20,7 @@ from rift_sweep.core.errors import InputError
 from rift_sweep.core.files import atomic_write, content_key
 from rift_sweep.core.finetune import FinetuneSettings, FinetuneState
 from rift_sweep.core.interpolate import interpolate_state
-from rift_sweep.core.models import StateDict
+from rift_sweep.core.models.checkpoints import StateDict
 from rift_sweep.procedure.experiment import cache_dir
 from rift_sweep.procedure.records import AlphaPoint
 

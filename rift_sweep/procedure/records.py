@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 
-from rift_sweep.core.statistics import mcnemar, paired_gain_interval, wilson_interval
+from rift_sweep.core.robustness.statistics import mcnemar, paired_gain_interval, wilson_interval
 from rift_sweep.names import (
     AA_ACC,
     ALPHA,

@@ -14,10 +14,10 @@ from rift_sweep.config import AlphaConfig, ModuleChoice
 from rift_sweep.core.errors import InputError
 from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState, finetune_module
 from rift_sweep.core.interpolate import interpolate_state
-from rift_sweep.core.models import StateDict
+from rift_sweep.core.models.checkpoints import StateDict
 from rift_sweep.core.mrc import MRCResult, module_robust_criticality
+from rift_sweep.core.robustness.statistics import paired_gain_interval
 from rift_sweep.core.selection import best_qualifying
-from rift_sweep.core.statistics import paired_gain_interval
 from rift_sweep.procedure.experiment import Experiment
 from rift_sweep.procedure.records import AlphaPoint, Examples, Scores, Versus
 

@@ -6,7 +6,7 @@ results are compared within tolerances and never bit for bit; a count of example
 
 Most tests use the digits model lifted to 3 input channels (`digits3`): with one channel an NCHW batch and its
 channels-last copy have the same memory, so only a multi-channel input exercises the layout that
-core.models.on_device puts every model in.
+core.models.architectures.on_device puts every model in.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD, AttackCost, attack_split
-from rift_sweep.core.data import Split
-from rift_sweep.core.evaluate import evaluate_examples, robust_examples
+from rift_sweep.core.data.datasets import Split
 from rift_sweep.core.finetune import FinetuneResult, FinetuneSettings, FinetuneState, finetune_module
-from rift_sweep.core.models import build_model, on_device
+from rift_sweep.core.models.architectures import build_model, on_device
 from rift_sweep.core.mrc import MRCSettings, module_robust_criticality
+from rift_sweep.core.robustness.attacks import PGD, AttackCost, attack_split
+from rift_sweep.core.robustness.evaluate import evaluate_examples, robust_examples
 
 from conftest import DIGITS_PGD
 from helpers import requires
@@ -246,7 +246,7 @@ def test_clean_and_robust_examples_on_the_device_match_the_cpu(digits3, test3, d
 def test_autoattack_on_the_device_breaks_at_least_what_pgd_breaks(digits3, test3, device):
     """On the CPU this takes ~8 s (AutoAttack's Square runs 5000 queries per robust image): `slow`."""
     pytest.importorskip("pyautoattack", reason="pyautoattack is not installed (pip install 'rift-sweep[autoattack]')")
-    from rift_sweep.core.autoattack import autoattack_examples
+    from rift_sweep.core.robustness.autoattack import autoattack_examples
 
     images = Split(test3.x[:4], test3.y[:4])
     model = placed(digits3, device)

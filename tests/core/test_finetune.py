@@ -71,7 +71,7 @@ def test_bad_settings_are_refused(field, value):
 
 
 def test_a_failed_finetune_leaves_every_requires_grad_flag_as_found(digits, fresh_digits_model):
-    from rift_sweep.core.data import Split
+    from rift_sweep.core.data.datasets import Split
 
     model = fresh_digits_model
     model.fc1.weight.requires_grad_(False)  # a caller's own setting must survive too

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rift_sweep.core.interpolate import interpolate_state
-from rift_sweep.core.models import build_model
+from rift_sweep.core.models.architectures import build_model
 
 
 def two_states():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from rift_sweep.core.attacks import attack_split
 from rift_sweep.core.mrc import MRCSettings, candidate_modules, module_robust_criticality
+from rift_sweep.core.robustness.attacks import attack_split
 
 from conftest import DIGITS_PGD
 

@@ -4,7 +4,7 @@ import pytest
 
 from rift_sweep import cli
 from rift_sweep.core.adversarial_training import ATSettings
-from rift_sweep.core.models import read_checkpoint_meta
+from rift_sweep.core.models.checkpoints import read_checkpoint_meta
 
 from conftest import write_digits_config
 

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from rift_sweep.config import load_config
-from rift_sweep.core.data import dataset_info, load_splits
-from rift_sweep.core.models import save_checkpoint
+from rift_sweep.core.data.datasets import dataset_info, load_splits
+from rift_sweep.core.models.checkpoints import save_checkpoint
 from rift_sweep.orchestration.export import write_export
 from rift_sweep.procedure.experiment import build_architecture, load_at_model, model_normalization
 
@@ -41,7 +41,7 @@ PROGRAM = """
 model = torch.export.load(PT2).module()  # exported in eval mode
 """
 BUILT_IN = """
-from rift_sweep.core.models import build_model
+from rift_sweep.core.models.architectures import build_model
 norm = json.load(open(SIDECAR))["normalization"]
 model = build_model(NAME, num_classes=10, in_channels=CHANNELS, **(norm or {}))
 model.load_state_dict(torch.load(PT, weights_only=True))
@@ -58,8 +58,8 @@ model = torch.nn.Sequential(torchvision.transforms.Normalize(**norm), net) if no
 model.eval()
 """
 ROBUSTBENCH = """
-from rift_sweep.core.robustbench import build_robustbench
-from rift_sweep.core.models import load_weights
+from rift_sweep.core.models.robustbench import build_robustbench
+from rift_sweep.core.models.checkpoints import load_weights
 model = build_robustbench(NAME, "cifar10")
 load_weights(model, PT)
 model.eval()

@@ -17,9 +17,9 @@ import yaml
 
 from rift_sweep import cli
 from rift_sweep.config import load_config
-from rift_sweep.core.attacks import PGD
-from rift_sweep.core.data import load_splits
-from rift_sweep.core.evaluate import accuracy, robust_accuracy
+from rift_sweep.core.data.datasets import load_splits
+from rift_sweep.core.robustness.attacks import PGD
+from rift_sweep.core.robustness.evaluate import accuracy, robust_accuracy
 from rift_sweep.orchestration.tracking import SweepTracker
 
 from helpers import outside_file

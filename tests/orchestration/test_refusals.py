@@ -11,7 +11,7 @@ import ray
 import torch
 
 from rift_sweep import cli
-from rift_sweep.core.models import build_model
+from rift_sweep.core.models.architectures import build_model
 
 from conftest import trial_runs, write_digits_config
 

@@ -31,10 +31,10 @@ from mlflow.tracking import MlflowClient
 
 from rift_sweep import cli, names
 from rift_sweep.config import load_config
-from rift_sweep.core.statistics import wilson_interval
+from rift_sweep.core.robustness.statistics import wilson_interval
 from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.orchestration.ui_view import COLORS, artifact_url, view_tag, view_url
-from rift_sweep.procedure.front_html import write_front_html
+from rift_sweep.presentation.front_html import write_front_html
 from rift_sweep.procedure.records import Accuracy, Change, FineTune, Front, Model, Scores, Trial, Versus
 
 from conftest import free_port, wait_for, write_digits_config

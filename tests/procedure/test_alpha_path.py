@@ -8,7 +8,7 @@ import math
 import pytest
 
 from rift_sweep.config import load_config
-from rift_sweep.core.attacks import AttackCost
+from rift_sweep.core.robustness.attacks import AttackCost
 from rift_sweep.procedure.experiment import load_experiment
 from rift_sweep.procedure.paper import at_point
 from rift_sweep.procedure.steps import alpha_by_rule, alpha_path, finetune

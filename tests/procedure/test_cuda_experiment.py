@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rift_sweep.core.attacks import attack_split
-from rift_sweep.core.evaluate import evaluate_examples, ood_accuracy
+from rift_sweep.core.robustness.attacks import attack_split
+from rift_sweep.core.robustness.evaluate import evaluate_examples, ood_accuracy
 from rift_sweep.procedure.experiment import load_experiment, mrc_source
 
 from helpers import requires

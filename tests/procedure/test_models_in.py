@@ -112,7 +112,7 @@ def test_bad_models_are_one_line_errors_before_compute(tmp_path, digits_checkpoi
     checkpoint = tmp_path / "weights.pt"
     if "target" in model and "name" not in model:
         try:
-            from rift_sweep.core.custom import import_target
+            from rift_sweep.core.models.custom import import_target
 
             torch.save(
                 import_target(str(tmp_path / model["target"]))(**model.get("kwargs", {})).state_dict(), checkpoint
@@ -134,7 +134,7 @@ def test_modules_that_never_run_are_skipped_not_candidates(tmp_path):
     raw = {"name": "t", "data": {"dataset": "digits"}, "model": {"target": "nets.py:WithUnusedBlock"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     config = load_config(tmp_path / "c.yaml")
-    from rift_sweep.core.data import dataset_info
+    from rift_sweep.core.data.datasets import dataset_info
     from rift_sweep.procedure.experiment import build_architecture
 
     model = build_architecture(config, dataset_info("digits"))

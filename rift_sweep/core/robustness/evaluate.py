@@ -1,5 +1,5 @@
 """Metrics, in one place: clean, adversarial (PGD, early stop) and out-of-distribution accuracy, the robust loss,
-and per-example correctness for intervals and paired tests (core.statistics).
+and per-example correctness for intervals and paired tests (core.robustness.statistics).
 
 Every function runs the model in eval() and restores each submodule's own mode afterwards. Data is a
 data.Split (uint8 images, scaled by 1/255 batch by batch), an attacks.AdversarialSet (float images in
@@ -16,10 +16,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD, AttackCost, LabelledImages, check_model_device, eval_mode, image_batches
+from rift_sweep.core.robustness.attacks import (
+    PGD,
+    AttackCost,
+    LabelledImages,
+    check_model_device,
+    eval_mode,
+    image_batches,
+)
 
 if TYPE_CHECKING:
-    from rift_sweep.core.corruptions import OODSet
+    from rift_sweep.core.data.corruptions import OODSet
 
 Labelled = LabelledImages | tuple[Tensor, Tensor]
 
@@ -150,7 +157,7 @@ def evaluate_examples(
     cost: AttackCost | None = None,
     among: Tensor | None = None,
 ) -> Correct:
-    """Per-example correctness, in the split's order, for intervals and paired tests (see core.statistics): robust
+    """Per-example correctness, in the split's order, for intervals and paired tests (see core.robustness.statistics): robust
     only when `pgd` is given, as `robust_examples` counts it (same arguments, same result; False outside `among`)."""
     x, y = _images_and_labels(split)
     clean = _clean_correct(model, x, y, batch_size=batch_size, device=device).numpy()

@@ -52,7 +52,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from rift_sweep.core.data import Split
+from rift_sweep.core.data.datasets import Split
 from rift_sweep.core.files import content_key
 
 logger = logging.getLogger(__name__)

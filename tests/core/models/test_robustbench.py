@@ -1,4 +1,4 @@
-"""Tests for rift_sweep.core.robustbench: our rebuilds of RobustBench's CIFAR Linf zoo against RobustBench itself.
+"""Tests for rift_sweep.core.models.robustbench: our rebuilds of RobustBench's CIFAR Linf zoo against RobustBench itself.
 
 The parity tests read RobustBench 1.1.1's own files (installed with `pip install --no-deps robustbench==1.1.1`;
 the package itself does not import without timm): its architecture modules, loaded by path, and its zoo tables
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.models import load_weights
-from rift_sweep.core.robustbench import (
+from rift_sweep.core.models.checkpoints import load_weights
+from rift_sweep.core.models.robustbench import (
     CIFAR10,
     NUM_CLASSES,
     ROBUSTBENCH,

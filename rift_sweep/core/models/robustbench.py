@@ -6,10 +6,10 @@ corruptions may be another network) and to the input normalisation its model app
 takes images in [0, 1] and normalises them in its first submodule, ``normalize``, whose buffers are
 non-persistent: the state dict holds exactly the keys of RobustBench's published checkpoint files.
 
-What the checkpoint loader (:func:`rift_sweep.core.models.load_weights`) has to know about those files:
+What the checkpoint loader (:func:`rift_sweep.core.models.checkpoints.load_weights`) has to know about those files:
 
 - TRADES-layout WideResNets built with ``sub_block1=True`` carry ``sub_block1.*`` weights that the forward
-  pass never uses; :class:`~rift_sweep.core.models.WideResNet` ignores that prefix.
+  pass never uses; :class:`~rift_sweep.core.models.architectures.WideResNet` ignores that prefix.
 - Some entries normalise in a RobustBench wrapper class that keeps ``mu``/``sigma`` as *persistent* buffers,
   so RobustBench's own ``state_dict()`` has two keys its checkpoint files lack (RobustBench then loads with
   ``strict=False``). Those entries list them in ``wrapper_keys``; the built model ignores them when loading.
@@ -30,9 +30,16 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from rift_sweep.core.architectures_dm import DMPreActResNet, DMWideResNet
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.models import Normalize, PreActResNet, ResNet, WideResNet, resnet18, resnet50
+from rift_sweep.core.models.architectures import (
+    Normalize,
+    PreActResNet,
+    ResNet,
+    WideResNet,
+    resnet18,
+    resnet50,
+)
+from rift_sweep.core.models.architectures_dm import DMPreActResNet, DMWideResNet
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 IN_CHANNELS = 3
@@ -260,5 +267,5 @@ def robustbench_entry(name: str, dataset: str) -> RobustBenchEntry:
 
 def build_robustbench(name: str, dataset: str) -> nn.Module:
     """RobustBench's model `name` for `dataset` (Linf), untrained, taking [0, 1] input; load its checkpoint with
-    :func:`rift_sweep.core.models.load_weights`."""
+    :func:`rift_sweep.core.models.checkpoints.load_weights`."""
     return robustbench_entry(name, dataset).build()

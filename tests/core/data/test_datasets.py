@@ -1,4 +1,4 @@
-"""Tests for rift_sweep.core.data: readers on the official on-disk layouts (written here into tmp_path),
+"""Tests for rift_sweep.core.data.datasets: readers on the official on-disk layouts (written here into tmp_path),
 the real Fashion-MNIST and digits, seeded splits, and the vectorised augmentation/batching."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rift_sweep.core.data import (
+from rift_sweep.core.data.datasets import (
     DATASETS,
     Split,
     augment_batch,
@@ -539,7 +539,7 @@ def test_iterate_batches_on_gpu_matches_cpu():
 
 
 def test_tiny_imagenet_wnids_in_label_order(tmp_path):
-    from rift_sweep.core.data import tiny_imagenet_wnids
+    from rift_sweep.core.data.datasets import tiny_imagenet_wnids
 
     base = tmp_path / "tiny-imagenet-200"
     base.mkdir()

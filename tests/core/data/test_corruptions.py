@@ -1,4 +1,4 @@
-"""Tests for rift_sweep.core.corruptions: the corruptions themselves, the -C readers, generation and caching."""
+"""Tests for rift_sweep.core.data.corruptions: the corruptions themselves, the -C readers, generation and caching."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from rift_sweep.core.corruptions import (
+from rift_sweep.core.data.corruptions import (
     CORRUPTIONS,
     FAMILIES,
     OFFICIAL_CORRUPTIONS,
@@ -30,7 +30,7 @@ from rift_sweep.core.corruptions import (
     read_cifar_c,
     read_tiny_imagenet_c,
 )
-from rift_sweep.core.data import Split
+from rift_sweep.core.data.datasets import Split
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -290,7 +290,7 @@ def _npy_stamps(folder: Path) -> dict[str, int]:
 
 
 def test_generated_set_is_written_once_in_the_cifar_c_layout(tmp_path, small_split, caplog):
-    caplog.set_level(logging.INFO, logger="rift_sweep.core.corruptions")
+    caplog.set_level(logging.INFO, logger="rift_sweep.core.data.corruptions")
     names = ["gaussian_noise", "zoom_blur", "jpeg_compression"]
     ood = load_ood(small_split, dataset="cifar10", root=None, cache_dir=tmp_path, seed=1, corruptions=names)
     assert [r.message for r in caplog.records if r.message.startswith("generating")]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD, AdversarialSet, AttackCost, attack_split
-from rift_sweep.core.data import Split
-from rift_sweep.core.evaluate import (
+from rift_sweep.core.data.datasets import Split
+from rift_sweep.core.robustness.attacks import PGD, AdversarialSet, AttackCost, attack_split
+from rift_sweep.core.robustness.evaluate import (
     accuracy,
     evaluate_examples,
     loss_and_accuracy,
@@ -30,7 +30,7 @@ def noisy_copy(split: Split, sigma: float, seed: int) -> Split:
 
 @pytest.fixture(scope="module")
 def ood(digits):
-    from rift_sweep.core.corruptions import OODSet
+    from rift_sweep.core.data.corruptions import OODSet
 
     sets = {
         "gaussian_noise": noisy_copy(digits.test, 40.0, seed=1),

@@ -1,4 +1,4 @@
-"""Tests for rift_sweep.core.models: architectures, module names, normalisation, registry and checkpoint I/O."""
+"""Tests for rift_sweep.core.models.architectures: architectures, module names, normalisation, registry and checkpoint I/O."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rift_sweep.core.models import (
+from rift_sweep.core.models.architectures import (
     MODELS,
-    CheckpointError,
     PreActBlock,
     WideBasicBlock,
     WideResNet,
     build_model,
+)
+from rift_sweep.core.models.checkpoints import (
+    CheckpointError,
     load_state_dict_file,
     load_weights,
     read_checkpoint_meta,

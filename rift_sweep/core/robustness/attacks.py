@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from rift_sweep.core.data import to_unit
-from rift_sweep.core.models import only_trainable
+from rift_sweep.core.data.datasets import to_unit
+from rift_sweep.core.models.architectures import only_trainable
 
 
 class LabelledImages(Protocol):

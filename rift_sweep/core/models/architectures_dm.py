@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rift_sweep.core.models import Normalize
+from rift_sweep.core.models.architectures import Normalize
 
 
 def _same_pad(x: Tensor, stride: int) -> Tensor:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
+from rift_sweep.presentation.tables import describe_model
 from rift_sweep.procedure.records import Accuracy, Front, Model, Scores
-from rift_sweep.procedure.tables import describe_model
 
 WIDTH, HEIGHT = 760, 500
 LEFT, RIGHT, TOP, BOTTOM = 60, 20, 15, 50  # margins around the plot (px)

@@ -12,9 +12,9 @@ import torchattacks
 from torch import nn
 from torch.nn import functional as F
 
-from rift_sweep.core.attacks import PGD, AdversarialSet, AttackCost, attack_split
-from rift_sweep.core.data import Split, iterate_batches, load_splits
-from rift_sweep.core.evaluate import robust_accuracy
+from rift_sweep.core.data.datasets import Split, iterate_batches, load_splits
+from rift_sweep.core.robustness.attacks import PGD, AdversarialSet, AttackCost, attack_split
+from rift_sweep.core.robustness.evaluate import robust_accuracy
 
 from helpers import missing, requires
 
@@ -361,7 +361,7 @@ def test_cuda_matches_cpu_and_runs_with_amp(model, batch):
 def test_fp16_attack_gradients_are_loss_scaled_so_small_gradients_keep_their_sign():
     """Robust models have small input gradients; in fp16 they underflow to 0 (sign 0: the attack stalls) unless the
     loss is scaled. CPU autocast runs the same fp16 arithmetic as CUDA's here."""
-    from rift_sweep.core import attacks
+    from rift_sweep.core.robustness import attacks
 
     torch.manual_seed(0)
     model = small_cnn().eval()
@@ -376,7 +376,7 @@ def test_fp16_attack_gradients_are_loss_scaled_so_small_gradients_keep_their_sig
 
 
 def test_amp_is_bf16_only_where_native_and_never_off_cuda():
-    from rift_sweep.core.attacks import amp_dtype_for
+    from rift_sweep.core.robustness.attacks import amp_dtype_for
 
     assert amp_dtype_for(torch.device("cpu")) is None
     if torch.cuda.is_available():

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rift_sweep.core.attacks import LabelledImages, check_model_device, eval_mode, image_batches
-from rift_sweep.core.models import only_trainable
+from rift_sweep.core.models.architectures import only_trainable
+from rift_sweep.core.robustness.attacks import LabelledImages, check_model_device, eval_mode, image_batches
 
 PACKAGE = "pyautoattack"
 

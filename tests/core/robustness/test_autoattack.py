@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rift_sweep.core.attacks import PGD
-from rift_sweep.core.autoattack import autoattack_examples
-from rift_sweep.core.data import Split
-from rift_sweep.core.evaluate import evaluate_examples
+from rift_sweep.core.data.datasets import Split
+from rift_sweep.core.robustness.attacks import PGD
+from rift_sweep.core.robustness.autoattack import autoattack_examples
+from rift_sweep.core.robustness.evaluate import evaluate_examples
 
 
 def test_autoattack_breaks_at_least_what_pgd_breaks(digits, fresh_digits_model):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rift_sweep.core.statistics import bootstrap_interval, mcnemar, paired_gain_interval, wilson_interval
+from rift_sweep.core.robustness.statistics import bootstrap_interval, mcnemar, paired_gain_interval, wilson_interval
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 

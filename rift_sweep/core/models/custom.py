@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from rift_sweep.core.errors import InputError
-from rift_sweep.core.models import Normalize
+from rift_sweep.core.models.architectures import Normalize
 
 NORMALIZE_ATTRIBUTE = "rift_sweep_normalize"  # a submodule with non-persistent buffers: no state-dict key
 

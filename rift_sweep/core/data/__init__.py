@@ -1,0 +1,1 @@
+"""Datasets in their published layouts, the train/validation carve, batching, and the OOD corruptions."""
