@@ -94,7 +94,15 @@ def adversarial_train(
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(epoch)
         train_loss = _train_one_epoch(
-            model, optimizer, train, settings, attack, augment, crop_padding, generator, device
+            model,
+            optimizer,
+            train=train,
+            settings=settings,
+            attack=attack,
+            augment=augment,
+            crop_padding=crop_padding,
+            generator=generator,
+            device=device,
         )
         row = ATEpoch(
             epoch=epoch + 1,

@@ -135,7 +135,17 @@ def finetune_module(
     epochs = range(state.epochs_done, settings.epochs)
     with only_trainable(model, *weights):
         for epoch in tqdm(epochs, desc=f"fine-tune {module_name}", disable=None if progress else True, leave=False):
-            _train_one_epoch(model, optimizer, train, settings, epoch, augment, crop_padding, seed, device)
+            _train_one_epoch(
+                model,
+                optimizer,
+                train=train,
+                settings=settings,
+                epoch=epoch,
+                augment=augment,
+                crop_padding=crop_padding,
+                seed=seed,
+                device=device,
+            )
             state.val_acc.append(accuracy(model, val, batch_size=256, device=device))
             tuned = cpu_copy({k: v for k, v in model.state_dict().items() if k in keys})
             if state.best_epoch == 0 or state.val_acc[-1] > state.val_acc[state.best_epoch - 1]:

@@ -142,14 +142,16 @@ def module_robust_criticality(
         radius = settings.epsilon * original.norm().item()
         generator = torch.Generator().manual_seed(seed)
         for epochs_run in range(1, settings.epochs + 1):
-            _ascend_one_epoch(model, weight, adversarial, settings, generator, device)
+            _ascend_one_epoch(
+                model, weight, adversarial=adversarial, settings=settings, generator=generator, device=device
+            )
             projected = _project(weight, original, radius)
             if settings.variant == "reference":
-                best = max(best, _measure(model, adversarial, settings, device, baseline))
+                best = max(best, _measure(model, adversarial, settings=settings, device=device, baseline=baseline))
             elif projected:
                 break
         if settings.variant == "paper":
-            best = max(best, _measure(model, adversarial, settings, device, baseline))
+            best = max(best, _measure(model, adversarial, settings=settings, device=device, baseline=baseline))
         relative_norm = ((weight - original).norm() / original.norm()).item()
     increase, drop = best
     return MRCResult(

@@ -63,9 +63,11 @@ def export_model(
     write_export(config, network, out)
     sidecar = out.with_name(out.name + ".json")
     with atomic_write(sidecar) as tmp:
-        tmp.write_text(json.dumps(_provenance(config, tracker, model, out, program), indent=2, default=str))
+        tmp.write_text(
+            json.dumps(_provenance(config, tracker, model=model, out=out, program=program), indent=2, default=str)
+        )
     registered = tracker.register_model(model.run_id, register, network) if register else None
-    return Exported(out, program, sidecar, model, registered)
+    return Exported(path=out, program=program, sidecar=sidecar, model=model, registered=registered)
 
 
 def _chosen(tracker: SweepTracker, trial_id: str | None, alpha: float | None) -> Model:

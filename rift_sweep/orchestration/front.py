@@ -99,7 +99,7 @@ def publish_front(config: SweepConfig, tracker: SweepTracker, exp: Experiment | 
     if untested:
         with front_pool(config, exp) as pool:
             at_test = stage_at(tracker, exp, pool, "test")
-            front = _tested(front, untested, pool, at_test, config)
+            front = _tested(front, untested, pool=pool, at_test=at_test, config=config)
     front = tracker.log_models(front, trials)
     _log_front_artifacts(tracker, front)
     if front.recommended is not None:
@@ -133,7 +133,13 @@ def choose(config: SweepConfig, models: list[Model], at_val: AlphaPoint) -> Fron
     pick = rule_pick([(m.val, m.val_versus_at, m.alpha) for m in models], at_val.scores, config.alpha)
     recommended = None if pick is None or models[pick].is_at else models[pick]  # α = 0 is the AT model itself
     keys = frozenset(m.key for m, keep in zip(models, on_front) if keep)
-    return Front(models, keys, recommended, tuple(objectives), config.alpha.tolerance)
+    return Front(
+        models=models,
+        on_front=keys,
+        recommended=recommended,
+        objectives=tuple(objectives),
+        tolerance=config.alpha.tolerance,
+    )
 
 
 def test_selection(front: Front, limit: int) -> list[Model]:

@@ -58,7 +58,9 @@ def launch_sweep(
             outcome = run_sweep(config, tracker, stage, progress=progress, verbose=verbose)
             front = publish_front(config, tracker, exp) if outcome.complete else None
             ending.status = "FINISHED" if front is not None else "KILLED"
-            return SweepResult(config, stage.modules, outcome, front, tracker.where())
+            return SweepResult(
+                config=config, modules=stage.modules, outcome=outcome, front=front, where=tracker.where()
+            )
 
 
 def launch_mrc(

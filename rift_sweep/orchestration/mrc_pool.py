@@ -123,7 +123,14 @@ def run_mrc_stage(
     results = sorted((r for r in table if r.module in modules), key=lambda r: r.mrc)
     retries = sum(pool.retries[m] for m in todo) if todo else 0
     skipped = skipped_modules(config, exp.model)
-    return MRCStage(results, todo, retries, path, skipped, time.perf_counter() - start)
+    return MRCStage(
+        results=results,
+        computed=todo,
+        retries=retries,
+        table_path=path,
+        skipped=skipped,
+        seconds=time.perf_counter() - start,
+    )
 
 
 @dataclass(frozen=True)

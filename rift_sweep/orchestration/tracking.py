@@ -181,11 +181,11 @@ class SweepTracker:
         recommended = next((m for m in models if m.key in tagged[names.RECOMMENDED_TAG]), None)
         config = self.config
         return Front(
-            models,
-            frozenset(tagged[names.PARETO_TAG]),
-            recommended,
-            tuple(config.search.objectives),
-            config.alpha.tolerance,
+            models=models,
+            on_front=frozenset(tagged[names.PARETO_TAG]),
+            recommended=recommended,
+            objectives=tuple(config.search.objectives),
+            tolerance=config.alpha.tolerance,
         )
 
     def _model_runs(self) -> list:
@@ -395,38 +395,46 @@ def _model_metrics(model: Model, split: str | None = None) -> dict[str, float]:
 
 
 def _finetune_of(run) -> FineTune | None:
-    """The fine-tune a trial or model run names (its tags and params); None for the AT model's run. The one place
-    MLflow's string params become numbers again."""
+    """The fine-tune a trial or model run names (its tags and params); None for the AT model's run. With _alpha_of,
+    the one place MLflow's string params become numbers again."""
     params, tags = run.data.params, run.data.tags
     if names.FINETUNE_KEY_TAG not in tags:
         return None
     return FineTune(
-        tags[names.FINETUNE_KEY_TAG],
-        params[names.MODULE],
-        float(params[names.LR]),
-        int(params[names.EPOCHS]),
-        tags[names.TRIAL_TAG],
+        key=tags[names.FINETUNE_KEY_TAG],
+        module=params[names.MODULE],
+        lr=float(params[names.LR]),
+        epochs=int(params[names.EPOCHS]),
+        trial_id=tags[names.TRIAL_TAG],
     )
+
+
+def _alpha_of(run) -> float:
+    return float(run.data.params[names.ALPHA])
 
 
 def _trial_of(run) -> Trial:
     """A trial run as its record (the inverse of TrialRuns.finish): the fine-tune it used and its own α."""
-    reused = run.data.tags.get(names.FINETUNE_REUSED_TAG) == "True"
-    alpha = float(run.data.params[names.ALPHA])
-    return Trial(run.data.tags[names.TRIAL_TAG], run.info.run_id, _finetune_of(run), alpha, reused)
+    return Trial(
+        trial_id=run.data.tags[names.TRIAL_TAG],
+        run_id=run.info.run_id,
+        finetune=_finetune_of(run),
+        alpha=_alpha_of(run),
+        reused=run.data.tags.get(names.FINETUNE_REUSED_TAG) == "True",
+    )
 
 
 def _model_of(run) -> Model:
     """A model run as its record (the inverse of SweepTracker._new_model_run and _describe_model_run)."""
     metrics = run.data.metrics
     return Model(
-        _finetune_of(run),
-        float(run.data.params[names.ALPHA]),
-        Scores.from_metrics(metrics),
-        Versus.from_metrics(metrics),
-        Scores.from_metrics(metrics, names.TEST_PREFIX),
-        Versus.from_metrics(metrics, names.TEST_PREFIX),
-        run.info.run_id,
+        finetune=_finetune_of(run),
+        alpha=_alpha_of(run),
+        val=Scores.from_metrics(metrics),
+        val_versus_at=Versus.from_metrics(metrics),
+        test=Scores.from_metrics(metrics, names.TEST_PREFIX),
+        test_versus_at=Versus.from_metrics(metrics, names.TEST_PREFIX),
+        run_id=run.info.run_id,
     )
 
 

@@ -83,7 +83,7 @@ def run_trial(exp: Experiment, choice: TrialChoice, at: AlphaPoint, trial_id: st
         scores = exp.evaluate(interpolate_state(exp.at_state, cached.best_state, alpha), "val")
     settings = choice.settings
     return TrialReport(
-        finetune=FineTune(key, choice.module, settings.lr, settings.epochs, trial_id),
+        finetune=FineTune(key=key, module=choice.module, lr=settings.lr, epochs=settings.epochs, trial_id=trial_id),
         alpha=alpha,
         scores=scores,
         path=tuple((p.alpha, p.scores) for p in cached.path),
@@ -109,7 +109,14 @@ def _finetune_and_evaluate(exp: Experiment, key: str, choice: TrialChoice, at: A
         result = FinetuneResult(state.best_state, state.best_epoch, list(state.val_acc), 0.0)
     else:
         result = finetune(exp, choice.module, choice.settings, resume=_restore_state(), on_epoch=_report_epoch)
-        state = FinetuneState(choice.settings.epochs, None, None, result.val_acc, result.best_epoch, result.best_state)
+        state = FinetuneState(
+            epochs_done=choice.settings.epochs,
+            model_state=None,
+            optimizer_state=None,
+            val_acc=result.val_acc,
+            best_epoch=result.best_epoch,
+            best_state=result.best_state,
+        )
     done = {p.alpha: p for p in (partial.path if partial else [])}
     save_partial(config, key, PartialFinetune(state, list(done.values())))
     evaluated = []

@@ -54,10 +54,18 @@ def front_chart(front: Front, path: Path) -> Path:
         )
         for screened in (False, True):
             shown = [m for m in models if m.key in front.on_front and _screened(m, split) == screened]
-            _change_bars(ax, shown, split, "tab:red", "o", hollow=screened, label=_front_label(screened, len(shown)))
+            _change_bars(
+                ax,
+                shown,
+                split=split,
+                color="tab:red",
+                marker="o",
+                hollow=screened,
+                label=_front_label(screened, len(shown)),
+            )
         best = front.recommended
         if best is not None and _versus(best, split) is not None:
-            _change_bars(ax, [best], split, "tab:blue", "D", size=9, label="recommended")
+            _change_bars(ax, [best], split=split, color="tab:blue", marker="D", size=9, label="recommended")
         ax.set_xlabel("clean accuracy − AT's (points)")
         ax.set_ylabel("robust accuracy − AT's (points)")
         ax.set_title(f"{'validation: every evaluated model' if split == 'val' else 'test: the front as evaluated'}")

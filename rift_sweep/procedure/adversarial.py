@@ -28,9 +28,9 @@ def train_at_checkpoint(config: SweepConfig, out: Path, on_epoch: Callable[[ATEp
     result = adversarial_train(
         model,
         splits.train,
-        splits.val,
-        config.adversarial_training,
-        config.attack,
+        val=splits.val,
+        settings=config.adversarial_training,
+        attack=config.attack,
         augment=splits.info.augment,
         crop_padding=splits.info.crop_padding,
         seed=config.seed,

@@ -79,7 +79,7 @@ def build_architecture(config: SweepConfig, info: DatasetInfo) -> nn.Module:
     if model.name is not None:
         return build_model(model.name, num_classes=info.num_classes, in_channels=channels, mean=mean, std=std)
     if model.target is not None:
-        return build_custom(model.target, model.kwargs, mean, std, channels)
+        return build_custom(model.target, model.kwargs, mean=mean, std=std, channels=channels)
     built = build_robustbench(model.robustbench, info.name)
     normalization_of(built).set(mean, std)
     return built
@@ -302,7 +302,14 @@ def load_experiment(
     splits = load_data(config)
     log.info("loaded %s (%s) on %s", config.model.checkpoint, config.model.label, device)
     at_state = cpu_copy(model.state_dict())
-    exp = Experiment(config, splits, device, at_state, file_sha256(config.model.checkpoint), model)
+    exp = Experiment(
+        config=config,
+        splits=splits,
+        device=device,
+        at_state=at_state,
+        checkpoint_sha256=file_sha256(config.model.checkpoint),
+        model=model,
+    )
     if check:
         check_at_model(exp)
     return exp
@@ -322,7 +329,13 @@ class ExperimentData:
     def experiment(self, config: SweepConfig, device: torch.device) -> Experiment:
         model = load_at_model(config, self.splits.info, self.at_state, device)
         return Experiment(
-            config, self.splits, device, self.at_state, self.checkpoint_sha256, model, dict(self.ood_sets)
+            config=config,
+            splits=self.splits,
+            device=device,
+            at_state=self.at_state,
+            checkpoint_sha256=self.checkpoint_sha256,
+            model=model,
+            _ood_sets=dict(self.ood_sets),
         )
 
 

@@ -51,16 +51,16 @@ def run_paper_procedure(
     at_test, rift_test = exp.examples(exp.at_state, "test", runs=runs), exp.examples(rift, "test", runs=runs)
     ood = exp.ood("test")
     return RiftReport(
-        ranked,
-        module,
-        finetuned,
-        at.scores,
-        path,
-        alpha,
-        at_test.scores(exp.ood_accuracies(exp.at_state, "test")),
-        rift_test.scores(exp.ood_accuracies(rift, "test")),
-        rift_test.versus(at_test),
-        ood.source if ood else None,
+        mrc=ranked,
+        module=module,
+        finetune=finetuned,
+        at_val=at.scores,
+        path=path,
+        alpha=alpha,
+        at_test=at_test.scores(exp.ood_accuracies(exp.at_state, "test")),
+        rift_test=rift_test.scores(exp.ood_accuracies(rift, "test")),
+        test_versus_at=rift_test.versus(at_test),
+        ood_source=ood.source if ood else None,
     )
 
 

@@ -299,7 +299,13 @@ class TrialReport:
         """The record back from Tune's result; None for an interim report (a fine-tuning epoch, an α point)."""
         if _PATH not in result:
             return None
-        ft = FineTune(result[_FINETUNE_KEY], result[MODULE], result[LR], result[EPOCHS], result[_TRIAL_ID])
+        ft = FineTune(
+            key=result[_FINETUNE_KEY],
+            module=result[MODULE],
+            lr=result[LR],
+            epochs=result[EPOCHS],
+            trial_id=result[_TRIAL_ID],
+        )
         return cls(
             finetune=ft,
             alpha=result[ALPHA],

@@ -58,9 +58,9 @@ def finetune(
     return finetune_module(
         exp.load_state(exp.at_state),
         module,
-        exp.splits.train,
-        exp.splits.val,
-        settings,
+        train=exp.splits.train,
+        val=exp.splits.val,
+        settings=settings,
         augment=info.augment,
         crop_padding=info.crop_padding,
         seed=exp.config.seed,

@@ -149,14 +149,18 @@ class PGD:
         with eval_mode(model), only_trainable(model), torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone()  # a normal tensor, even if the caller's was made under inference_mode
             if self.restarts == 1:
-                return self._attack_once(model, x, y, _start(starts, 0, None, x), amp_dtype, cost)
+                return self._attack_once(
+                    model, x, y=y, start=_start(starts, 0, None, x), amp_dtype=amp_dtype, cost=cost
+                )
             adv = x.clone()
             best_loss = torch.full((len(x),), -math.inf, device=x.device)
             todo = torch.arange(len(x), device=x.device)
             for restart in range(self.restarts):
                 start = _start(starts, restart, todo, x)
-                candidate = self._attack_once(model, x[todo], y[todo], start, amp_dtype, cost)
-                adv, best_loss, fooled = _keep_worst(model, candidate, y, todo, adv, best_loss, cost)
+                candidate = self._attack_once(model, x[todo], y=y[todo], start=start, amp_dtype=amp_dtype, cost=cost)
+                adv, best_loss, fooled = _keep_worst(
+                    model, candidate, y=y, todo=todo, adv=adv, best_loss=best_loss, cost=cost
+                )
                 todo = todo[~fooled]
                 if len(todo) == 0:
                     break
@@ -213,7 +217,7 @@ class PGD:
                 if len(rows) == 0:
                     break
                 start = _start(starts, restart, rows, x)
-                rows = rows[self._survivors(model, x[rows], y[rows], start, amp_dtype, cost)]
+                rows = rows[self._survivors(model, x[rows], y=y[rows], start=start, amp_dtype=amp_dtype, cost=cost)]
         return robust.index_fill_(0, rows, True)
 
     def _attack_once(
@@ -223,7 +227,7 @@ class PGD:
         lower, upper = self._box(x)
         adv = (x + start).clamp_(lower, upper)
         for _ in range(self.steps):
-            _, grad = _logits_and_gradient(model, adv, y, amp_dtype, cost)
+            _, grad = _logits_and_gradient(model, adv, y=y, amp_dtype=amp_dtype, cost=cost)
             adv = adv.add_(grad.sign_(), alpha=self.step_size).clamp_(lower, upper)
         return adv
 
@@ -239,7 +243,7 @@ class PGD:
         adv = (x + start).clamp_(lower, upper)
         rows = torch.arange(len(x), device=x.device)
         for _ in range(self.steps):
-            logits, grad = _logits_and_gradient(model, adv, y, amp_dtype, cost)
+            logits, grad = _logits_and_gradient(model, adv, y=y, amp_dtype=amp_dtype, cost=cost)
             held = logits.argmax(dim=1) == y
             if amp_dtype is not None and not held.all():
                 proposed = ~held
@@ -295,7 +299,7 @@ def _logits_and_gradient(
     (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum") * scale, adv)
     cost.gradient_evals += len(adv)
     if scale != 1.0 and not torch.isfinite(grad).all():
-        return _logits_and_gradient(model, adv, y, None, cost)
+        return _logits_and_gradient(model, adv, y=y, amp_dtype=None, cost=cost)
     return logits.detach(), grad.div_(scale)
 
 

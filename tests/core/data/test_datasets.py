@@ -526,7 +526,6 @@ def test_iterate_batches_augments_on_the_fly():
 
 
 @pytest.mark.gpu
-@pytest.mark.gpu
 @requires("cuda")
 def test_iterate_batches_on_gpu_matches_cpu():
     split = id_split(40)
