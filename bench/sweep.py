@@ -35,7 +35,7 @@ from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.robustness.evaluate import evaluate_examples
 from rift_sweep.core.robustness.statistics import bootstrap_interval, wilson_interval
 from rift_sweep.core.selection import hypervolume_2d, paper_rule, pareto_mask
-from rift_sweep.orchestration.sweep import make_sampler, paper_point, search_space
+from rift_sweep.orchestration.searcher import make_sampler, paper_point, search_space
 from rift_sweep.procedure.experiment import experiment_modules, load_experiment
 from rift_sweep.procedure.paper import at_point
 from rift_sweep.procedure.records import AlphaPoint
