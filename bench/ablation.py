@@ -37,6 +37,7 @@ import torch
 from rift_sweep.config import load_config
 from rift_sweep.core.finetune import EVERY_LAYER
 from rift_sweep.core.interpolate import interpolate_state
+from rift_sweep.core.selection import at_least
 from rift_sweep.procedure.experiment import experiment_modules, load_experiment
 from rift_sweep.procedure.paper import at_point
 from rift_sweep.procedure.records import AlphaPoint, Examples, Scores
@@ -202,7 +203,7 @@ def print_table(outcomes: list[Outcome], tolerance: float) -> None:
             rows = [o for o in outcomes if o.row == row and o.rule == rule]
             if not rows:
                 continue
-            kept = sum(o.test_versus_at["vs_at_rob"] >= -tolerance for o in rows)
+            kept = sum(at_least(o.test_versus_at["vs_at_rob"], -tolerance) for o in rows)
             paper = PAPER.get(row.split(" ")[0] if row.startswith("sweep") else row)
             cells = [
                 row,

@@ -6,6 +6,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# Accuracies are k·100/n and tolerances a few tenths: 73.9 − 0.1 is 73.80000000000001 in floats, and a model at 73.8
+# must keep. Far below one image at any split size (100/n ≥ 1e-5 for n ≤ 10⁷).
+_FLOAT_SLACK = 1e-9
+
+
+def at_least(value: float, floor: float) -> bool:
+    """value ≥ floor for percentages, up to float rounding of the floor's arithmetic."""
+    return value >= floor - _FLOAT_SLACK
+
 
 def best_qualifying(points: Sequence[tuple[float, float, float]], qualifying: Sequence[bool]) -> int | None:
     """The index of the largest standard accuracy among the qualifying (std_acc, rob_acc, α) points, or None when none
@@ -22,7 +31,7 @@ def paper_rule(points: Sequence[tuple[float, float, float]], at_rob_acc: float, 
     accuracy whose robust accuracy stays ≥ at_rob_acc − tolerance (percentage points); see `best_qualifying`."""
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 percentage points; got {tolerance}")
-    return best_qualifying(points, [rob >= at_rob_acc - tolerance for _, rob, _ in points])
+    return best_qualifying(points, [at_least(rob, at_rob_acc - tolerance) for _, rob, _ in points])
 
 
 def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from rift_sweep.core.interpolate import interpolate_state
 from rift_sweep.core.models.checkpoints import StateDict
 from rift_sweep.core.mrc import MRCResult, module_robust_criticality
 from rift_sweep.core.robustness.statistics import paired_gain_interval
-from rift_sweep.core.selection import best_qualifying
+from rift_sweep.core.selection import at_least, best_qualifying
 from rift_sweep.procedure.experiment import Experiment
 from rift_sweep.procedure.records import AlphaPoint, Examples, Scores, Versus
 
@@ -157,8 +157,8 @@ def keeps_robustness(scores: Scores, versus: Versus | None, at: Scores, alpha: A
     rob_acc ≥ AT's − tolerance (two point estimates); "paired", the lower end of the paired 95 % interval of its
     change against the AT model on the same images ≥ −tolerance (the AT model itself, `versus` None, always keeps)."""
     if alpha.rule == "paired":
-        return versus is None or versus.rob.low >= -alpha.tolerance
-    return scores.rob.value >= at.rob.value - alpha.tolerance
+        return versus is None or at_least(versus.rob.low, -alpha.tolerance)
+    return at_least(scores.rob.value, at.rob.value - alpha.tolerance)
 
 
 def rule_pick(candidates: Sequence[tuple[Scores, Versus | None, float]], at: Scores, alpha: AlphaConfig) -> int | None:

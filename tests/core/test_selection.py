@@ -37,6 +37,8 @@ def test_alpha_rule_none_when_nothing_qualifies():
 def test_alpha_rule_boundary_is_inclusive_and_tolerance_checked():
     rows = path((0.4, 81.0, 49.9))
     assert picked_alpha(rows, at_rob_acc=50.0, tolerance=0.1) == 0.4
+    # 738 and 739 of 1000 images: 73.9 − 0.1 is 73.80000000000001 in floats, and 73.8 still keeps.
+    assert picked_alpha(path((0.4, 80.2, 738 * 100 / 1000)), at_rob_acc=739 * 100 / 1000, tolerance=0.1) == 0.4
     with pytest.raises(ValueError, match="tolerance"):
         paper_rule(rows, at_rob_acc=50.0, tolerance=-1)
 
