@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_config(args.config, assignments=["ood.enabled=false", "device=cpu"])
+    config = load_config(args.config, assignments=["ood.enabled=false", "device=cpu", "data.test_subset=null"])
     exp = load_experiment(config)
     model = exp.load_state(exp.at_state)
     images = Split(exp.splits.test.x[: args.images], exp.splits.test.y[: args.images])
