@@ -111,7 +111,7 @@ def test_the_front_and_the_recommended_model_are_those_of_every_evaluated_model(
     brute = [not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points) for p in points]
     assert [m.data.tags[PARETO_TAG] == "true" for m in models] == brute == list(pareto_mask(points))
     at = next(m for m in models if m.data.tags["rift.model"] == "at")
-    floor = at.data.metrics["rob_acc"] - config.alpha.tolerance
+    floor = at.data.metrics["rob_acc"] - config.alpha.tolerance - 1e-9  # 73.9 − 0.1 keeps 73.8 (float rounding)
     qualifying = [(p[0], p[1], -float(m.data.params["alpha"]), m) for p, m in zip(points, models) if p[1] >= floor]
     best = max(qualifying, key=lambda q: q[:3])[3]  # the rule: std, then rob, then the smaller α
     tagged = [m for m in models if m.data.tags[RECOMMENDED_TAG] == "true"]
