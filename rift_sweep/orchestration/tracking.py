@@ -145,13 +145,6 @@ class SweepTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def logged_at_metrics(self, split: str) -> dict[str, float] | None:
-        """The AT model's metrics on a split as kept on the parent run, or None before they are computed."""
-        prefix = names.at_prefix(split)
-        logged = self.client.get_run(self.parent_run_id).data.metrics
-        found = {k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)}
-        return found if names.STD_ACC in found else None
-
     def log_at_metrics(self, split: str, metrics: dict[str, float]) -> dict[str, float]:
         self.log_metrics(self.parent_run_id, {names.at_prefix(split) + k: v for k, v in metrics.items()})
         return metrics
