@@ -54,7 +54,8 @@ class DeviceWorker:
     """The experiment on this worker's device; one job per call."""
 
     def __init__(self, config: SweepConfig, data: ExperimentData) -> None:
-        self.exp = data.experiment(config, bind_worker())
+        with gpu_job("worker start"):  # logged: the tests tell a pool's workers apart by when they started
+            self.exp = data.experiment(config, bind_worker())
         context = ray.get_runtime_context()
         self.node, self.actor = context.get_node_id()[:12], context.get_actor_id()[:12]
         self.adversarial: AdversarialSet | None = None

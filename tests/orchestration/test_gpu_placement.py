@@ -69,13 +69,18 @@ def test_a_sweep_on_declared_gpus_binds_every_job_to_one_gpu(
     for pid in {j["pid"] for j in jobs}:  # one GPU per process, for its whole life
         assert len({gpu_of(j) for j in jobs if j["pid"] == pid}) == 1, pid
     assert all(j["gpu_ids"] == [j["cuda_visible_devices"]] for j in jobs)
-    kinds = {kind: [j for j in jobs if j["what"].startswith(kind)] for kind in ("mrc", "trial", "test chunk")}
-    mrc_gpus = {j["pid"]: gpu_of(j) for j in kinds["mrc"]}
-    assert len(mrc_gpus) == 2 and len(set(mrc_gpus.values())) == 2  # two actors, each on its own GPU
+    kinds = {kind: [j for j in jobs if j["what"].startswith(kind)] for kind in ("worker start", "mrc", "trial", "test")}
     trials = most_at_once(kinds["trial"])
     assert len(trials) == 2 and max(trials.values()) == 2  # both GPUs used; two trials share one, never three
-    chunks = most_at_once(kinds["test chunk"])
-    assert len(chunks) == 2 and max(chunks.values()) == 1  # the front's chunks on both GPUs, one at a time each
+    # Two pools of two workers, each worker on its own GPU: MRC's before the trials, the front's after them. Which
+    # worker takes which job is the pool's choice (whoever is free first), so only the workers' GPUs are fixed.
+    first_trial, last_trial = min(j["start"] for j in kinds["trial"]), max(j["end"] for j in kinds["trial"])
+    mrc_pool = [j for j in kinds["worker start"] if j["end"] < first_trial]
+    front_pool = [j for j in kinds["worker start"] if j["start"] > last_trial]
+    for pool, kind in ((mrc_pool, "mrc"), (front_pool, "test")):
+        assert len(pool) == 2 and len({gpu_of(j) for j in pool}) == 2, pool
+        assert {j["pid"] for j in kinds[kind]} <= {j["pid"] for j in pool}
+        assert max(most_at_once(kinds[kind]).values()) == 1  # one job at a time on a GPU
 
     config = load_config(path)
     tracker = SweepTracker(config)
