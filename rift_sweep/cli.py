@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rift_sweep import names
-from rift_sweep.config import SweepConfig, load_config
 from rift_sweep.core.errors import InputError
+
+if TYPE_CHECKING:  # config imports torch: each command imports it when it needs it, so `report` stays instant
+    from rift_sweep.config import SweepConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +127,8 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, extra: dict | None = None) -> SweepConfig:
+    from rift_sweep.config import load_config
+
     overrides = dict(extra or {})
     if getattr(args, "checkpoint", None):
         overrides["model"] = {"checkpoint": str(Path(args.checkpoint).resolve())}
@@ -210,20 +216,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """What the sweep published, read from its store: no Ray, no evaluation."""
-    from rift_sweep.orchestration.tracking import SweepTracker
+    """The front as the sweep published it, read from its folder: no Ray, no MLflow, no evaluation."""
     from rift_sweep.presentation.tables import format_front
+    from rift_sweep.procedure.published import read_published
 
-    config = sweep_config(args)
-    tracker = SweepTracker(config, create=False)
-    front = tracker.logged_front() if tracker.parent_run_id else None
-    if front is None:
+    folder = config_from_args(args).output_path if args.config else sweep_folder(args)
+    published = read_published(folder)
+    if published is None:
         raise InputError(
-            f"sweep {config.name!r} at {config.output_path} has not published its front (it has not finished); "
-            f"carry it on with `rift-sweep sweep --config ... --resume --output {config.output_path}`"
+            f"the sweep at {folder} has not published its front (it has not finished); carry it on with "
+            f"`rift-sweep sweep --config ... --resume --output {folder}`"
         )
-    print(format_front(front))
-    print(tracker.where())
+    if args.sweep and published.sweep != args.sweep:
+        raise InputError(f"{folder} holds the sweep {published.sweep!r}, not {args.sweep!r}; drop --sweep or fix it")
+    print(format_front(published.front))
+    print(published.where)
     return 0
 
 
@@ -276,27 +283,37 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:
-    """A sweep's config: its YAML (--config), or the resolved copy in its folder (--output, or --sweep NAME: runs/NAME
-    or the newest runs/NAME-<stamp>, as `make demo` names them)."""
-    if not (args.config or args.sweep or args.output):
-        raise InputError("name the sweep: --sweep NAME, --output FOLDER or --config FILE")
+    """A sweep's config: its YAML (--config), or the resolved copy in its folder (sweep_folder)."""
+    from rift_sweep.config import load_config
+
     if args.config:
         return config_from_args(args)
-    folder = Path(args.output).resolve() if args.output else find_sweep(args.sweep)
-    path = folder / names.RESOLVED_CONFIG
-    if not path.is_file():
-        raise InputError(f"no sweep at {folder} (looked for {path}); pass the folder of a sweep with --output")
-    config = load_config(path, assignments=args.set)
+    folder = sweep_folder(args)
+    config = load_config(folder / names.RESOLVED_CONFIG, assignments=args.set)
     if args.sweep and config.name != args.sweep:
         raise InputError(f"{folder} holds the sweep {config.name!r}, not {args.sweep!r}; drop --sweep or fix it")
     return config
 
 
+def sweep_folder(args: argparse.Namespace) -> Path:
+    """A sweep's folder: --output, or --sweep NAME: runs/NAME or the newest runs/NAME-<stamp>, as `make demo` names
+    them."""
+    if not (args.sweep or args.output):
+        raise InputError("name the sweep: --sweep NAME, --output FOLDER or --config FILE")
+    folder = Path(args.output).resolve() if args.output else find_sweep(args.sweep)
+    if not (folder / names.RESOLVED_CONFIG).is_file():
+        raise InputError(
+            f"no sweep at {folder} (looked for {names.RESOLVED_CONFIG}); pass a sweep's folder with --output"
+        )
+    return folder
+
+
 def find_sweep(name: str, runs: Path = Path("runs")) -> Path:
-    """The folder of the sweep called `name` under `runs`: runs/NAME, else the newest runs/NAME-<stamp> holding
-    that sweep (the others are listed on stderr)."""
-    candidates = [p for p in (runs / name, *sorted(runs.glob(f"{name}-*"))) if (p / names.RESOLVED_CONFIG).is_file()]
-    candidates = [p for p in candidates if load_config(p / names.RESOLVED_CONFIG).name == name]
+    """The folder of the sweep called `name` under `runs`: runs/NAME, else the newest runs/NAME-<YYYYMMDD-HHMMSS>
+    holding a sweep (the others are listed on stderr)."""
+    stamped = re.compile(re.escape(name) + r"-\d{8}-\d{6}")
+    candidates = [runs / name, *sorted(p for p in runs.glob(f"{name}-*") if stamped.fullmatch(p.name))]
+    candidates = [p for p in candidates if (p / names.RESOLVED_CONFIG).is_file()]
     if not candidates:
         raise InputError(f"no sweep named {name!r} under {runs.resolve()}/; pass its folder with --output")
     newest = max(candidates, key=lambda p: (p / names.RESOLVED_CONFIG).stat().st_mtime)

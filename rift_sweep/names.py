@@ -59,6 +59,7 @@ RECOMMENDED_FILTER = f"tags.{RECOMMENDED_TAG} = 'true'"
 
 # Files and folders under a sweep's output folder.
 RESOLVED_CONFIG = "sweep_config.yaml"
+PUBLISHED_FRONT = "front.json"  # the front as last published (procedure.published)
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 CACHE_DIR = "cache"

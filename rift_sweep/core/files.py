@@ -9,10 +9,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from rift_sweep.core.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextmanager

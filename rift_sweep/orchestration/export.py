@@ -30,6 +30,7 @@ from rift_sweep.orchestration.front import model_of
 from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.presentation.tables import describe_model
 from rift_sweep.procedure.experiment import model_normalization, probe_input
+from rift_sweep.procedure.published import read_published
 from rift_sweep.procedure.records import NO_FINETUNE, Model
 
 
@@ -71,9 +72,10 @@ def export_model(
 
 
 def _chosen(tracker: SweepTracker, trial_id: str | None, alpha: float | None) -> Model:
-    front = tracker.logged_front()
-    if front is None:
+    published = read_published(tracker.config.output_path)
+    if published is None:
         raise InputError(f"sweep {tracker.config.name!r} has not published its front yet; finish it first (--resume)")
+    front = published.front
     if trial_id is None:
         if front.recommended is None:
             raise InputError(

@@ -33,6 +33,7 @@ from rift_sweep.presentation.plots import front_chart
 from rift_sweep.presentation.tables import front_markdown
 from rift_sweep.procedure.experiment import Experiment, load_at_model, load_experiment
 from rift_sweep.procedure.finetune_cache import load_at, load_finetune, save_at, spec_state
+from rift_sweep.procedure.published import Published, write_published
 from rift_sweep.procedure.records import AT_KEY, NO_FINETUNE, AlphaPoint, Examples, Front, Model, Trial
 from rift_sweep.procedure.steps import rule_pick
 
@@ -104,6 +105,7 @@ def publish_front(config: SweepConfig, tracker: SweepTracker, exp: Experiment | 
     _log_front_artifacts(tracker, front)
     if front.recommended is not None:
         tracker.log_model(front.recommended.run_id, model_of(config, front.recommended))
+    write_published(config.output_path, Published(config.name, front, tracker.where()))
     return front
 
 

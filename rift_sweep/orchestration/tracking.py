@@ -23,7 +23,7 @@ from rift_sweep.core.files import file_sha256
 from rift_sweep.core.mrc import MRCResult
 from rift_sweep.orchestration.ui_view import RUN_COLOR_TAG, run_color, view_tag, view_url
 from rift_sweep.presentation.tables import describe_model
-from rift_sweep.procedure.records import FineTune, Front, Model, Scores, Trial, TrialReport, Versus
+from rift_sweep.procedure.records import FineTune, Front, Model, Trial, TrialReport
 
 
 def tracking_uri(config: SweepConfig) -> str:
@@ -159,31 +159,9 @@ class SweepTracker:
 
     def logged_models(self) -> dict[str, Model]:
         """The sweep's model runs, read back as records, by model key."""
-        return {run.data.tags[names.MODEL_KEY_TAG]: _model_of(run) for run in self._model_runs()}
-
-    def logged_front(self) -> Front | None:
-        """The front as the sweep last published it (read only: no evaluation); None before it was published."""
-        runs = self._model_runs()
-        if not runs:
-            return None
-        models = sorted((_model_of(run) for run in runs), key=lambda m: (not m.is_at, m.key))
-        tagged = {
-            tag: {r.data.tags[names.MODEL_KEY_TAG] for r in runs if r.data.tags.get(tag) == "true"}
-            for tag in (names.PARETO_TAG, names.RECOMMENDED_TAG)
-        }
-        recommended = next((m for m in models if m.key in tagged[names.RECOMMENDED_TAG]), None)
-        config = self.config
-        return Front(
-            models=models,
-            on_front=frozenset(tagged[names.PARETO_TAG]),
-            recommended=recommended,
-            objectives=tuple(config.search.objectives),
-            tolerance=config.alpha.tolerance,
-        )
-
-    def _model_runs(self) -> list:
         query = tag_filter(**{names.SWEEP_RUN_TAG: self.parent_run_id, names.KIND_TAG: names.KIND_MODEL})
-        return self.client.search_runs([self.experiment_id], query, max_results=50_000)
+        runs = self.client.search_runs([self.experiment_id], query, max_results=50_000)
+        return {run.data.tags[names.MODEL_KEY_TAG]: _model_of(run) for run in runs}
 
     def log_models(self, front: Front, trials: list[Trial]) -> Front:
         """One run per evaluated model (created once, found again by its key): under the run of the trial that made
@@ -201,9 +179,7 @@ class SweepTracker:
 
     def _set_view(self, models: list[Model]) -> None:
         """The experiment's stored UI view of this sweep's models (ui_view): the scatter and the columns."""
-        tag, value = view_tag(
-            sorted({key for m in models for key in _model_metrics(m)}), sweep_run_id=self.parent_run_id
-        )
+        tag, value = view_tag(sorted({key for m in models for key in m.metrics()}), sweep_run_id=self.parent_run_id)
         self.client.set_experiment_tag(self.experiment_id, tag, value)
 
     def view_urls(self, base_url: str) -> tuple[str, str]:
@@ -226,7 +202,7 @@ class SweepTracker:
             tags.update({names.TRIAL_TAG: ft.trial_id, names.FINETUNE_KEY_TAG: ft.key})
         params = {names.ALPHA: model.alpha, **(ft.params() if ft is not None and not model.is_at else {})}
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
-        self.log_metrics(run_id, _model_metrics(model, ""))
+        self.log_metrics(run_id, model.metrics(""))
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
@@ -245,7 +221,7 @@ class SweepTracker:
         }
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         if model.test is not None:
-            self.log_metrics(run_id, _model_metrics(model, names.TEST_PREFIX))
+            self.log_metrics(run_id, model.metrics(names.TEST_PREFIX))
 
     def log_model(self, run_id: str, model) -> None:
         """The model as an MLflow model of `run_id` (once): mlflow.pytorch.load_model("runs:/<run>/model").
@@ -377,16 +353,6 @@ def user_code_file(config: SweepConfig) -> Path | None:
     return Path(file) if file.endswith(".py") else None
 
 
-def _model_metrics(model: Model, split: str | None = None) -> dict[str, float]:
-    """A model's metrics as logged on its run: validation (split "") or test (names.TEST_PREFIX); None: both."""
-    parts = {"": (model.val, model.val_versus_at), names.TEST_PREFIX: (model.test, model.test_versus_at)}
-    flat = {}
-    for prefix, (scores, versus) in parts.items():
-        if split in (None, prefix) and scores is not None:
-            flat.update({**scores.metrics(prefix), **(versus.metrics(prefix) if versus else {})})
-    return flat
-
-
 def _finetune_of(run) -> FineTune | None:
     """The fine-tune a trial or model run names (its tags and params); None for the AT model's run. With _alpha_of,
     the one place MLflow's string params become numbers again."""
@@ -419,16 +385,7 @@ def _trial_of(run) -> Trial:
 
 def _model_of(run) -> Model:
     """A model run as its record (the inverse of SweepTracker._new_model_run and _describe_model_run)."""
-    metrics = run.data.metrics
-    return Model(
-        finetune=_finetune_of(run),
-        alpha=_alpha_of(run),
-        val=Scores.from_metrics(metrics),
-        val_versus_at=Versus.from_metrics(metrics),
-        test=Scores.from_metrics(metrics, names.TEST_PREFIX),
-        test_versus_at=Versus.from_metrics(metrics, names.TEST_PREFIX),
-        run_id=run.info.run_id,
-    )
+    return Model.from_metrics(_finetune_of(run), _alpha_of(run), run.data.metrics, run.info.run_id)
 
 
 def find_parent_run(client: MlflowClient, experiment_id: str, config: SweepConfig):

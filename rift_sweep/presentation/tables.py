@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from rift_sweep.core.mrc import MRCResult
-from rift_sweep.procedure.paper import RiftReport
 from rift_sweep.procedure.records import Accuracy, Change, Front, Model, Scores, Versus
+
+if TYPE_CHECKING:  # not at run time: `report` formats a front without importing torch
+    from rift_sweep.core.mrc import MRCResult
+    from rift_sweep.procedure.paper import RiftReport
 
 
 def describe_at(at_val: Scores) -> str:
@@ -66,7 +69,10 @@ def format_report(report: RiftReport) -> str:
 def format_front(front: Front) -> str:
     """The recommended model first (validation and test, 95 % intervals, the paired comparison with the AT model),
     then the Pareto front of every evaluated model: validation (selection) and test (report)."""
-    header = f"{'model':<42}|{'val std':>13}{'rob':>14}{'Δrob vs AT':>21} |{'test std':>13}{'rob':>14}"
+    at = front.at
+    rows = [*front.front, *([] if at.key in front.on_front else [at])]
+    width = max(len(describe_model(m)) for m in rows) + 1
+    header = f"{'model':<{width}}|{'val std':>13}{'rob':>14}{'Δrob vs AT':>21} |{'test std':>13}{'rob':>14}"
     lines = [
         *format_recommended(front),
         "",
@@ -75,11 +81,10 @@ def format_front(front: Front) -> str:
         header,
         "-" * len(header),
     ]
-    at = front.at
-    for model in [*front.front, *([] if at.key in front.on_front else [at])]:
+    for model in rows:
         test = model.test
         lines.append(
-            f"{describe_model(model):<42}|{_pm(model.val.std):>13}{_rob(model.val):>14}"
+            f"{describe_model(model):<{width}}|{_pm(model.val.std):>13}{_rob(model.val):>14}"
             f"{_change(model.val_versus_at.rob) if model.val_versus_at else '':>21} |"
             f"{_pm(test.std) if test else '-':>13}{_pm(test.rob) if test else '-':>14}"
         )

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-import torch
 
 from rift_sweep.core.robustness.statistics import mcnemar, paired_gain_interval, wilson_interval
 from rift_sweep.names import (
@@ -24,6 +23,7 @@ from rift_sweep.names import (
     ROB_ACC,
     ROB_IMAGES,
     STD_ACC,
+    TEST_PREFIX,
     VERSUS_PREFIX,
 )
 
@@ -83,6 +83,8 @@ class Examples:
 
     def plain(self) -> dict:
         """Tensors only (what torch.load(weights_only=True) reads back): for caches."""
+        import torch  # here, not above: the records are read without torch too (`report`)
+
         return {
             name: torch.from_numpy(np.array(value, dtype=bool))  # a copy: arrays from Ray are read-only
             for name, value in vars(self).items()
@@ -344,6 +346,30 @@ class Model:
     def is_at(self) -> bool:
         return self.key == AT_KEY
 
+    def metrics(self, split: str | None = None) -> dict[str, float]:
+        """The flat form (its MLflow run's metrics): validation (split "") or test (TEST_PREFIX); None: both."""
+        parts = {"": (self.val, self.val_versus_at), TEST_PREFIX: (self.test, self.test_versus_at)}
+        flat = {}
+        for prefix, (scores, versus) in parts.items():
+            if split in (None, prefix) and scores is not None:
+                flat.update({**scores.metrics(prefix), **(versus.metrics(prefix) if versus else {})})
+        return flat
+
+    @classmethod
+    def from_metrics(
+        cls, finetune: FineTune | None, alpha: float, metrics: Mapping[str, float], run_id: str | None
+    ) -> Model:
+        """The record back from its flat form (`metrics()`)."""
+        return cls(
+            finetune=finetune,
+            alpha=alpha,
+            val=Scores.from_metrics(metrics),
+            val_versus_at=Versus.from_metrics(metrics),
+            test=Scores.from_metrics(metrics, TEST_PREFIX),
+            test_versus_at=Versus.from_metrics(metrics, TEST_PREFIX),
+            run_id=run_id,
+        )
+
 
 @dataclass(frozen=True)
 class Front:
@@ -364,3 +390,37 @@ class Front:
     def front(self) -> list[Model]:
         """The front's models, highest validation clean accuracy first."""
         return sorted((m for m in self.models if m.key in self.on_front), key=lambda m: -m.val.std.value)
+
+    def plain(self) -> dict:
+        """JSON's form (the published front's file): each model as its flat metrics, the front and pick as keys."""
+        return {
+            "models": [
+                {
+                    "finetune": m.finetune and asdict(m.finetune),
+                    "alpha": m.alpha,
+                    "metrics": m.metrics(),
+                    "run": m.run_id,
+                }
+                for m in self.models
+            ],
+            "on_front": sorted(self.on_front),
+            "recommended": self.recommended and self.recommended.key,
+            "objectives": list(self.objectives),
+            "tolerance": self.tolerance,
+        }
+
+    @classmethod
+    def from_plain(cls, plain: Mapping) -> Front:
+        models = [
+            Model.from_metrics(
+                row["finetune"] and FineTune(**row["finetune"]), row["alpha"], row["metrics"], row["run"]
+            )
+            for row in plain["models"]
+        ]
+        return cls(
+            models=models,
+            on_front=frozenset(plain["on_front"]),
+            recommended=next((m for m in models if m.key == plain["recommended"]), None),
+            objectives=tuple(plain["objectives"]),
+            tolerance=plain["tolerance"],
+        )

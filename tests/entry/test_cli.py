@@ -1,9 +1,12 @@
 """train-at and the paper's procedure through the real command line, on digits."""
 
+import os
+
 import pytest
 
-from rift_sweep import cli
+from rift_sweep import cli, names
 from rift_sweep.core.adversarial_training import ATSettings
+from rift_sweep.core.errors import InputError
 from rift_sweep.core.models.checkpoints import read_checkpoint_meta
 
 from conftest import write_digits_config
@@ -75,3 +78,17 @@ def test_train_at_refuses_epochs_zero_and_an_unwritable_out_before_training(tmp_
     (tmp_path / "file").write_text("x")
     assert cli.main(["train-at", "--config", str(path), "--out", str(tmp_path / "file" / "at.pt")]) == 2
     assert "not a writable folder" in capsys.readouterr().err
+
+
+def test_sweep_finds_the_newest_stamped_folder_of_that_name_only(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for folder in ("demo-20261130-150348", "demo-20261130-155256", "demo-fast-20261201-090000", "demo-old"):
+        (runs / folder).mkdir(parents=True)
+        (runs / folder / names.RESOLVED_CONFIG).write_text("name: x\n")
+    os.utime(runs / "demo-20261130-150348" / names.RESOLVED_CONFIG, (2e9, 2e9))  # newer, though stamped earlier
+    assert cli.find_sweep("demo", runs) == (runs / "demo-20261130-150348").resolve()
+    listed = capsys.readouterr().err  # the other folders of that sweep, to choose with --output
+    assert "demo-20261130-155256" in listed and "demo-fast" not in listed and "demo-old" not in listed
+    assert cli.find_sweep("demo-fast", runs) == (runs / "demo-fast-20261201-090000").resolve()
+    with pytest.raises(InputError, match="no sweep named 'nosuch'"):
+        cli.find_sweep("nosuch", runs)

@@ -21,6 +21,7 @@ from rift_sweep.core.data.datasets import load_splits
 from rift_sweep.core.robustness.attacks import PGD
 from rift_sweep.core.robustness.evaluate import accuracy, robust_accuracy
 from rift_sweep.orchestration.tracking import SweepTracker
+from rift_sweep.procedure.published import read_published
 
 from helpers import outside_file
 
@@ -131,7 +132,7 @@ def test_advertorch_lenet5_from_sanity_check_to_export_and_reload(tmp_path, mnis
     assert "rift.model_code_sha256" in parent.tags and "rift.checkpoint_sha256" in parent.tags
     table = next((config.output_path / "cache" / "mrc").glob("*.parquet"))
     assert {r["module"] for r in pq.read_table(table).to_pylist()} == {"conv1", "conv2", "linear1", "linear2"}
-    front = tracker.logged_front()
+    front = read_published(config.output_path).front
     trial = tracker.trials()[0]
     which = ["--recommended"] if front.recommended else ["--trial", trial.trial_id, "--alpha", "0.5"]
     model = front.recommended or next(m for m in front.models if m.finetune and m.alpha == 0.5)

@@ -27,6 +27,7 @@ from rift_sweep.orchestration.mrc_pool import run_stage_one
 from rift_sweep.orchestration.sweep import run_sweep
 from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.procedure.experiment import load_experiment
+from rift_sweep.procedure.published import read_published
 
 from conftest import assert_in_study, free_port, optuna_study, trial_runs, wait_for, write_digits_config
 
@@ -142,6 +143,30 @@ def test_parent_run_holds_the_front_and_the_mrc_table(finished_sweep):
     assert {"mrc/mrc.png"} <= {a.path for a in tracker.client.list_artifacts(parent, "mrc")}
     metrics = tracker.client.get_run(parent).data.metrics
     assert {"at_val_std_acc", "at_val_rob_acc", "at_test_std_acc", "at_test_rob_acc"} <= set(metrics)
+
+
+def test_report_prints_the_published_front_without_ray_mlflow_or_torch(finished_sweep, tmp_path):
+    config, tracker = finished_sweep
+    published = read_published(config.output_path)
+    tags = {r.data.tags["rift.model"]: r.data.tags for r in model_runs(tracker)}
+    assert published.front.on_front == {key for key, t in tags.items() if t[PARETO_TAG] == "true"}  # one front
+    recommended = published.front.recommended
+    assert [key for key, t in tags.items() if t[RECOMMENDED_TAG] == "true"] == (
+        [recommended.key] if recommended else []
+    )
+
+    # In a fresh process, as a user runs it: what it printed, and which heavy packages it imported
+    script = (
+        "import sys; from rift_sweep import cli; code = cli.main(sys.argv[1:]); "
+        "print('IMPORTED', sorted({'ray', 'mlflow', 'torch', 'optuna'} & set(sys.modules))); sys.exit(code)"
+    )
+    report = [sys.executable, "-c", script, "report", "--output", str(config.output_path)]
+    done = subprocess.run(report, capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "IMPORTED []"
+    assert done.stdout.startswith("Recommended") and "Pareto front of std_acc, rob_acc" in done.stdout
+    assert f"over {len(published.front.models)} evaluated models" in done.stdout
+    wrong = subprocess.run([*report, "--sweep", "another"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and f"holds the sweep {config.name!r}, not 'another'" in wrong.stderr
 
 
 def test_every_trial_and_its_alpha_path_reached_optuna(finished_sweep):

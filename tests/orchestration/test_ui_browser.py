@@ -35,6 +35,7 @@ from rift_sweep.core.robustness.statistics import wilson_interval
 from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.orchestration.ui_view import COLORS, artifact_url, view_tag, view_url
 from rift_sweep.presentation.front_html import write_front_html
+from rift_sweep.procedure.published import read_published
 from rift_sweep.procedure.records import Accuracy, Change, FineTune, Front, Model, Scores, Trial, Versus
 
 from conftest import free_port, wait_for, write_digits_config
@@ -361,7 +362,7 @@ def test_rift_sweep_ui_opens_a_finished_sweep_on_its_front(tmp_path, digits_chec
     finally:
         ray.shutdown()
     tracker = SweepTracker(load_config(path))
-    front = tracker.logged_front()
+    front = read_published(tracker.config.output_path).front
     with _rift_sweep_ui(tmp_path, "ui-sweep", tracker.config.output_path) as (chart, table):
         page.goto(chart)  # as printed: no click from here on
         points = page.locator(".scatterlayer path.point")
