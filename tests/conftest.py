@@ -114,6 +114,28 @@ def write_digits_config(folder, checkpoint, **overrides):
     return path
 
 
+@pytest.fixture(scope="session")
+def finished_digits_sweep(tmp_path_factory, digits_checkpoint):
+    """The config of one finished 4-trial digits sweep (AutoAttack on 20 test images: the recommended model's final
+    attack, end to end, in under a minute), shared by the tests that only read a finished sweep."""
+    import ray
+
+    from rift_sweep import cli
+    from rift_sweep.config import load_config
+
+    folder = tmp_path_factory.mktemp("finished-sweep")
+    search = {"space": {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 1, "high": 3}}}
+    search |= {"num_samples": 4, "max_concurrent": 2}
+    path = write_digits_config(
+        folder, digits_checkpoint, search=search, attack={"final": "autoattack"}, data={"test_subset": 20}
+    )
+    try:
+        assert cli.main(["sweep", "--config", str(path)]) == 0
+    finally:
+        ray.shutdown()
+    return load_config(path)
+
+
 @pytest.fixture()
 def digits_config(tmp_path, digits_checkpoint):
     """A factory: the digits config (with overrides) written as YAML, loaded and validated."""

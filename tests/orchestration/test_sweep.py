@@ -61,16 +61,8 @@ def ray_shutdown():
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory, digits_checkpoint):
-    folder = tmp_path_factory.mktemp("sweep")
-    # AutoAttack on 20 test images: the recommended model's final attack, end to end, in under a minute
-    path = sweep_config(folder, digits_checkpoint, attack={"final": "autoattack"}, data={"test_subset": 20})
-    try:
-        assert cli.main(["sweep", "--config", str(path)]) == 0
-    finally:
-        ray.shutdown()
-    config = load_config(path)
-    return config, SweepTracker(config)
+def finished_sweep(finished_digits_sweep):
+    return finished_digits_sweep, SweepTracker(finished_digits_sweep)
 
 
 def test_one_trial_is_the_papers_procedure(finished_sweep):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rift_sweep import cli, names
+from rift_sweep import names
 from rift_sweep.config import load_config
 from rift_sweep.core.robustness.statistics import wilson_interval
 from rift_sweep.orchestration.tracking import SweepTracker
@@ -350,20 +350,10 @@ def _healthy(base_url: str) -> bool:
 
 @pytest.mark.slow
 @requires("chromium")
-def test_rift_sweep_ui_opens_a_finished_sweep_on_its_front(tmp_path, digits_checkpoint, page):
-    import ray
-
-    space = {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 1, "high": 2}}
-    path = write_digits_config(
-        tmp_path, digits_checkpoint, name="ui-sweep", search={"space": space, "num_samples": 2, "max_concurrent": 2}
-    )
-    try:
-        assert cli.main(["sweep", "--config", str(path)]) == 0
-    finally:
-        ray.shutdown()
-    tracker = SweepTracker(load_config(path))
+def test_rift_sweep_ui_opens_a_finished_sweep_on_its_front(tmp_path, finished_digits_sweep, page):
+    tracker = SweepTracker(finished_digits_sweep)
     front = read_published(tracker.config.output_path).front
-    with _rift_sweep_ui(tmp_path, "ui-sweep", tracker.config.output_path) as (chart, table):
+    with _rift_sweep_ui(tmp_path, tracker.config.name, tracker.config.output_path) as (chart, table):
         page.goto(chart)  # as printed: no click from here on
         points = page.locator(".scatterlayer path.point")
         sync_api.expect(points).to_have_count(len(front.models), timeout=30_000)
