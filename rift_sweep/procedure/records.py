@@ -1,6 +1,7 @@
 """The records that cross layers: what one model scored on a split, an α point, the sweep's evaluated models and
 the front they form. Plain frozen dataclasses; each kind is made in one place. Their flat form (Tune's reports,
-MLflow's metric names, the cache's tensors) is written and read only here and in orchestration.tracking.
+MLflow's metric names, the cache's tensors, the published front's JSON) is written and read only here and in
+orchestration.tracking.
 """
 
 from __future__ import annotations
