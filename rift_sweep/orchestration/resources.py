@@ -82,29 +82,36 @@ def init_ray(address: str | None = None, runtime_env: dict | None = None, *, ver
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
-def can_add_nodes(wait_s: float = 5.0) -> bool:
+def can_add_nodes(wait_s: float = 10.0) -> bool:
     """Whether the cluster's autoscaler starts nodes when asked (a cluster `ray up` launched with an autoscaling
     config, or KubeRay's autoscaler v2). A local Ray, and nodes started by hand with `ray start`, have a read-only
     autoscaler that only mirrors the nodes present: asking it for GPUs waits forever. Read from the autoscaler's
-    own status report (what `ray status` prints), polled up to `wait_s` for a monitor that has just started."""
-    import json
-
-    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    own status report (what `ray status` prints), polled up to `wait_s` for a monitor that has just started: its
+    first reports name no node types yet (a local Ray's names them within ~2 s)."""
     from ray.autoscaler._private.util import format_readonly_node_type
     from ray.autoscaler.v2.utils import is_autoscaler_v2
-    from ray.experimental.internal_kv import _internal_kv_get
 
     if is_autoscaler_v2():
         return True
     deadline = time.monotonic() + wait_s
-    while not (status := _internal_kv_get(DEBUG_AUTOSCALING_STATUS)):
+    while not (node_types := _autoscaler_node_types()):
         if time.monotonic() > deadline:
             return False  # no autoscaler reports on this cluster
         time.sleep(0.2)
-    report = json.loads(status).get("autoscaler_report") or {}
-    node_types = {*report.get("node_type_mapping", {}).values(), *report.get("pending_launches", {})}
     mirrors = {format_readonly_node_type(node["NodeID"]) for node in ray.nodes()}
     return bool(node_types - mirrors)
+
+
+def _autoscaler_node_types() -> set[str]:
+    """The node types of the autoscaler's latest report: of the nodes up and of those being launched."""
+    import json
+
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+    report = (json.loads(status).get("autoscaler_report") if status else None) or {}
+    return {*(report.get("node_type_mapping") or {}).values(), *(report.get("pending_launches") or {})}
 
 
 @contextmanager
