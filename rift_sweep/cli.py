@@ -227,8 +227,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"the sweep at {folder} has not published its front (it has not finished); carry it on with "
             f"`rift-sweep sweep --config ... --resume --output {folder}`"
         )
-    if args.sweep and published.sweep != args.sweep:
-        raise InputError(f"{folder} holds the sweep {published.sweep!r}, not {args.sweep!r}; drop --sweep or fix it")
+    _check_sweep_name(args, folder, published.sweep)
     print(format_front(published.front))
     print(published.where)
     return 0
@@ -290,9 +289,14 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
         return config_from_args(args)
     folder = sweep_folder(args)
     config = load_config(folder / names.RESOLVED_CONFIG, assignments=args.set)
-    if args.sweep and config.name != args.sweep:
-        raise InputError(f"{folder} holds the sweep {config.name!r}, not {args.sweep!r}; drop --sweep or fix it")
+    _check_sweep_name(args, folder, config.name)
     return config
+
+
+def _check_sweep_name(args: argparse.Namespace, folder: Path, name: str) -> None:
+    """A --sweep NAME must be the sweep its folder holds (--output can point elsewhere)."""
+    if args.sweep and name != args.sweep:
+        raise InputError(f"{folder} holds the sweep {name!r}, not {args.sweep!r}; drop --sweep or fix it")
 
 
 def sweep_folder(args: argparse.Namespace) -> Path:

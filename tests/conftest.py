@@ -114,6 +114,9 @@ def write_digits_config(folder, checkpoint, **overrides):
     return path
 
 
+DIGITS_SPACE = {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 1, "high": 3}}  # α: alpha.grid
+
+
 @pytest.fixture(scope="session")
 def finished_digits_sweep(tmp_path_factory, digits_checkpoint):
     """The config of one finished 4-trial digits sweep (AutoAttack on 20 test images: the recommended model's final
@@ -124,8 +127,7 @@ def finished_digits_sweep(tmp_path_factory, digits_checkpoint):
     from rift_sweep.config import load_config
 
     folder = tmp_path_factory.mktemp("finished-sweep")
-    search = {"space": {"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 1, "high": 3}}}
-    search |= {"num_samples": 4, "max_concurrent": 2}
+    search = {"space": DIGITS_SPACE, "num_samples": 4, "max_concurrent": 2}
     path = write_digits_config(
         folder, digits_checkpoint, search=search, attack={"final": "autoattack"}, data={"test_subset": 20}
     )

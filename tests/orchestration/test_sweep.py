@@ -29,17 +29,12 @@ from rift_sweep.orchestration.tracking import SweepTracker
 from rift_sweep.procedure.experiment import load_experiment
 from rift_sweep.procedure.published import read_published
 
-from conftest import assert_in_study, free_port, optuna_study, trial_runs, wait_for, write_digits_config
+from conftest import DIGITS_SPACE, assert_in_study, free_port, optuna_study, trial_runs, wait_for, write_digits_config
 
 pytestmark = pytest.mark.slow
 
-SPACE = {
-    "lr": {"low": 0.001, "high": 0.1, "log": True},
-    "epochs": {"low": 1, "high": 3},
-}  # α: searched among the digits config's alpha.grid
 
-
-def sweep_config(folder, checkpoint, *, num_samples=4, max_concurrent=2, space=SPACE, **overrides):
+def sweep_config(folder, checkpoint, *, num_samples=4, max_concurrent=2, space=DIGITS_SPACE, **overrides):
     return write_digits_config(
         folder,
         checkpoint,
