@@ -2,12 +2,17 @@
 
     .venv/bin/python bench/ablation.py [--config search_spaces/demo.yaml] [--val 5000] [--test 10000]
                                        [--seeds 0 1 2] [--rows every-layer last most least lowest-2 lowest-3 sweep]
-                                       [--out bench/ablation.json]
+                                       [--ood 1000] [--out bench/ablation.json]
+    .venv/bin/python bench/ablation.py --table bench/ablation-a.json bench/ablation-b.json   # print saved runs
 
 Every row fine-tunes with the config's finetune settings on the whole training carve per epoch, walks the α path on
 validation (`--val` images) and picks α by each rule (`alpha.rule`: the paper's point estimates, and the paired
 lower bound); each pick is evaluated on the test split (`--test` images; PGD worst of attack.test_runs, OOD) with
 Wilson 95 % intervals and the exact McNemar p-value against the AT model on the same images, the same attack seed.
+Each row's α path on validation (clean and robust change against the AT model, paired) is saved and printed too, so
+a row that keeps the AT model shows why: no clean gain, or a robustness loss beyond the tolerance.
+`--ood`: generated corruptions per type (all severities mixed; 1000 = 200 source images). The demo's 200 rest on
+40 source images, whose clean accuracy alone differs by 17 points between validation and test (82.5 vs 65.0 %).
 
   every-layer  every parameter            last      the classifier (the last module)
   most         the most robust-critical   least     the least: RiFT
@@ -70,16 +75,23 @@ class Outcome:
     test: dict
     test_versus_at: dict
     seconds: float
+    paths: dict  # fine-tune label -> its α path on validation (`_path_plain`)
 
 
 def main() -> None:
     args = _arguments()
+    if args.table:
+        outcomes = [Outcome(**o) for f in args.table for o in json.loads(f.read_text())]
+        print_table(outcomes, load_config(args.config).alpha.tolerance)
+        print_paths(outcomes)
+        return
     base = load_config(
         args.config,
         assignments=[
             f"data.val_subset={args.val}",
             f"data.test_subset={args.test}",
             "data.train_subset=null",  # the whole training carve per epoch, as the paper fine-tunes
+            f"ood.per_corruption={args.ood}",
             "device=cpu",
         ],
     )
@@ -103,9 +115,9 @@ def main() -> None:
             if seed != args.seeds[0] and row not in MULTI_SEED_ROWS:
                 continue
             runs = _sweep_rows(seeded, ranked[0], at_val) if row == "sweep" else [_row(seeded, row, modules, at_val)]
-            for name, picks, seconds in runs:
+            for name, picks, paths, seconds in runs:
                 for rule, (alpha, state, val_scores, label) in picks.items():
-                    scores, examples = _test(seeded, f"{name} {label} α {alpha}", state)
+                    scores, examples = _test(seeded, "AT" if alpha == 0 else f"{name} {label} α {alpha}", state)
                     versus = examples.versus(at_test[1])
                     outcomes.append(
                         Outcome(
@@ -118,11 +130,13 @@ def main() -> None:
                             scores.metrics(),
                             versus.metrics(),
                             seconds,
+                            paths,
                         )
                     )
                     print(json.dumps(dataclasses.asdict(outcomes[-1])), flush=True)
         args.out.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes], indent=1))
     print_table(outcomes, base.alpha.tolerance)
+    print_paths(outcomes)
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; validation {len(exp.splits.val)}, test {len(exp.splits.test)}, "
@@ -131,7 +145,7 @@ def main() -> None:
 
 
 def _row(exp, row: str, modules: dict, at_val: AlphaPoint):
-    """(row, {rule: (α, state, validation scores, modules)}, seconds) of one fine-tune and its α path."""
+    """(row, {rule: (α, state, validation scores, modules)}, {modules: α path}, seconds) of one fine-tune."""
     start = time.perf_counter()
     chosen = modules[row]
     best = finetune(exp, chosen, exp.config.finetune).best_state
@@ -141,7 +155,7 @@ def _row(exp, row: str, modules: dict, at_val: AlphaPoint):
         alpha = alpha_by_rule(path, at_val, dataclasses.replace(exp.config.alpha, rule=rule))
         point = next(p for p in path if p.alpha == alpha)
         picks[rule] = (alpha, interpolate_state(exp.at_state, best, alpha), point.scores, _label(chosen))
-    return row, picks, time.perf_counter() - start
+    return row, picks, {_label(chosen): _path_plain(path, at_val)}, time.perf_counter() - start
 
 
 def _sweep_rows(exp, module: str, at_val: AlphaPoint):
@@ -163,10 +177,25 @@ def _sweep_rows(exp, module: str, at_val: AlphaPoint):
             options = [(p.scores, p.examples.versus(at_val.examples), p.alpha) for _, p in candidates]
             index = rule_pick(options, at_val.scores, rule_config)
             ft, point = candidates[index] if index is not None else (None, at_val)
-            state = exp.at_state if ft is None else interpolate_state(exp.at_state, ft["state"], point.alpha)
-            label = "-" if ft is None else f"{module} lr {ft['lr']:.1e} ep {ft['epochs']}"
-            picks[rule] = (point.alpha, state, point.scores, label)
-        yield f"sweep {multiple}x", picks, time.perf_counter() - start
+            kept_at = ft is None or point.alpha == 0  # α 0 of any fine-tune is the AT model
+            state = exp.at_state if kept_at else interpolate_state(exp.at_state, ft["state"], point.alpha)
+            picks[rule] = (point.alpha, state, point.scores, "-" if kept_at else _finetune_label(module, ft))
+        paths = {_finetune_label(module, ft): _path_plain(ft["path"], at_val) for ft in within}
+        yield f"sweep {multiple}x", picks, paths, time.perf_counter() - start
+
+
+def _finetune_label(module: str, ft: dict) -> str:
+    return f"{module} lr {ft['lr']:.1e} ep {ft['epochs']}"
+
+
+def _path_plain(path: list[AlphaPoint], at_val: AlphaPoint) -> list[dict]:
+    """Each α point on validation: accuracies and the paired change against the AT model on the same images."""
+    kept = ("std_acc", "rob_acc", "ood_acc", "vs_at_std", "vs_at_std_low", "vs_at_rob", "vs_at_rob_low")
+    plain = []
+    for point in path:
+        flat = {**point.scores.metrics(), **point.examples.versus(at_val.examples).metrics()}
+        plain.append({"alpha": point.alpha, **{k: flat[k] for k in kept if k in flat}})
+    return plain
 
 
 _TESTED: dict = {}
@@ -225,6 +254,17 @@ def print_table(outcomes: list[Outcome], tolerance: float) -> None:
             print("| " + " | ".join(cells) + " |")
 
 
+def print_paths(outcomes: list[Outcome]) -> None:
+    """Each row's α paths on validation (once per row and seed): the paired change in clean / robust accuracy
+    against the AT model, points."""
+    print("\nα paths on validation, Δstd / Δrob vs the AT model (points, paired), α = 0.2, 0.4, …:")
+    for row, seed in dict.fromkeys((o.row, o.seed) for o in outcomes):
+        paths = next(o.paths for o in outcomes if (o.row, o.seed) == (row, seed))
+        for label, path in paths.items():
+            steps = "  ".join(f"{p['vs_at_std']:+.2f}/{p['vs_at_rob']:+.2f}" for p in path if p["alpha"] > 0)
+            print(f"  {row} seed {seed} ({label}): {steps}")
+
+
 def _interval(metrics: dict, name: str) -> str:
     return f"{metrics[name]:.2f} [{metrics[name + '_low']:.2f}, {metrics[name + '_high']:.2f}]"
 
@@ -238,7 +278,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--rows", nargs="+", default=["every-layer", "last", "most", "least", "lowest-2", "lowest-3", "sweep"]
     )
+    parser.add_argument("--ood", type=int, default=1000, help="generated OOD images per corruption type")
     parser.add_argument("--out", type=Path, default=Path("bench/ablation.json"))
+    parser.add_argument("--table", type=Path, nargs="+", help="print the table of saved runs (--out files), no compute")
     return parser.parse_args()
 
 
