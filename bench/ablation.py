@@ -23,8 +23,9 @@ a row that keeps the AT model shows why: no clean gain, or a robustness loss bey
 
 Seeds (config.seed: the fine-tuning batches, the attacks' random starts) for `least` and `sweep`; the others run the
 first seed only. Printed: the table beside the paper's Table 3, each rule's verdict per seed (robust accuracy kept
-within alpha.tolerance on test? the clean gain, its p), and the machine. The long job of issue 18: about 3 h of one
-CPU core for the demo's model at the defaults.
+within alpha.tolerance on test? the clean gain, its p), and the machine. The long job of issue 18: 2 h 14 min of one
+CPU core for the demo's model at the defaults; split the rows over two processes (`--rows`, `--out`, then `--table`)
+to use two cores.
 """
 
 from __future__ import annotations
