@@ -14,6 +14,7 @@ import argparse
 import time
 
 from rift_sweep.config import load_config
+from rift_sweep.core.finetune import tuned_parameters
 from rift_sweep.procedure.experiment import experiment_modules, load_experiment
 from rift_sweep.procedure.steps import finetune, score_modules
 
@@ -33,10 +34,10 @@ def main() -> None:
         print(f"MRC {result.module} {result.mrc:.4f}", flush=True)
     for module in args.modules:
         tuned = finetune(exp, module, config.finetune).best_state
-        for key, weight in exp.at_state.items():
-            if key.startswith(module + ".") and key.endswith("weight"):
-                distance = (tuned[key].float() - weight.float()).norm() / weight.float().norm()
-                print(f"{key}: ‖Δθ‖/‖θ‖ = {distance:.3f} after the fine-tune", flush=True)
+        for key in tuned_parameters(exp.model, module):  # the weight MRC perturbs, too
+            weight = exp.at_state[key].float()
+            distance = (tuned[key].float() - weight).norm() / weight.norm()
+            print(f"{key}: ‖Δθ‖/‖θ‖ = {distance:.3f} after the fine-tune", flush=True)
     print(f"{time.perf_counter() - start:.0f} s")
 
 
